@@ -1,0 +1,42 @@
+"""Kerrera: durable jobs for Python on PostgreSQL, sharing Oban's `oban_jobs` table.
+
+Define workers, insert jobs (alone, in bulk, or inside your own transaction) and run them
+on any number of nodes with per-queue concurrency, retries and scheduling.
+"""
+
+from kerrera._app import Kerrera
+from kerrera._backoff import default_backoff
+from kerrera._errors import (
+    ConfigError,
+    JobTimeoutError,
+    KerreraError,
+    SchemaError,
+    UnknownWorkerError,
+)
+from kerrera._job import Job, JobState
+from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
+from kerrera._sync import SyncKerrera
+from kerrera._worker import Worker, resolve_worker, worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancel",
+    "CancelJob",
+    "ConfigError",
+    "Job",
+    "JobState",
+    "JobTimeoutError",
+    "Kerrera",
+    "KerreraError",
+    "Record",
+    "SchemaError",
+    "Snooze",
+    "SnoozeJob",
+    "SyncKerrera",
+    "UnknownWorkerError",
+    "Worker",
+    "default_backoff",
+    "resolve_worker",
+    "worker",
+]

@@ -1,0 +1,100 @@
+"""The job row: `Job` mirrors every `oban_jobs` column, `JobState` mirrors its enum."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class JobState(str, enum.Enum):
+    """States of a job, in the order of the database enum `oban_job_state`.
+
+    Terminal states are `completed`, `cancelled` and `discarded`.
+    """
+
+    AVAILABLE = "available"
+    SUSPENDED = "suspended"
+    SCHEDULED = "scheduled"
+    EXECUTING = "executing"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        """True for states a job never leaves on its own."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
+
+#: Column order used by every statement that returns whole jobs.
+COLUMNS: tuple[str, ...] = (
+    "id", "state", "queue", "worker", "args", "errors", "attempt", "max_attempts",
+    "inserted_at", "scheduled_at", "attempted_at", "completed_at", "attempted_by",
+    "discarded_at", "priority", "tags", "meta", "cancelled_at",
+)  # fmt: skip
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One job: the columns of `oban_jobs` under the same names.
+
+    A `Job` built by `Worker.new()` is unsaved (`id is None`); `Kerrera.insert()` returns
+    the saved row. Timestamps are naive UTC, as in the table. `conflict` is set on a
+    job returned by an insert that hit an existing unique job (not a column).
+
+    Example:
+        job = await app.insert(Mailer.new({"to": "a@example.com"}, schedule_in=60))
+        print(job.id, job.state, job.scheduled_at)
+    """
+
+    id: int | None = None
+    state: JobState = JobState.AVAILABLE
+    queue: str = "default"
+    worker: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    attempt: int = 0
+    max_attempts: int = 20
+    inserted_at: datetime | None = None
+    scheduled_at: datetime | None = None
+    attempted_at: datetime | None = None
+    completed_at: datetime | None = None
+    attempted_by: list[str] | None = None
+    discarded_at: datetime | None = None
+    priority: int = 0
+    tags: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    cancelled_at: datetime | None = None
+    #: Seconds from now until the job is due, for an unsaved job (`schedule_in=`).
+    schedule_in: float | None = field(default=None, repr=False)
+    #: True when an insert returned an existing job instead of a new one.
+    conflict: bool = field(default=False, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        if self.id is None or other.id is None:
+            return self is other
+        return self.id == other.id
+
+    def __hash__(self) -> int:
+        return hash(self.id) if self.id is not None else id(self)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Job:
+        """Build a job from a row in `COLUMNS` order (the engine's row factory)."""
+        job = cls(*row)
+        job.state = JobState(job.state)
+        if job.tags is None:
+            job.tags = []
+        if job.meta is None:
+            job.meta = {}
+        return job

@@ -1,0 +1,87 @@
+"""The synchronous face of a `Kerrera` instance: insert and manage jobs without a loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from kerrera._job import Job
+from kerrera.engine.sync import SyncPostgresEngine
+
+if TYPE_CHECKING:
+    from kerrera._app import Kerrera
+
+
+class SyncKerrera:
+    """`app.sync`: for Django, Flask and scripts. Pass `conn=` (a psycopg `Connection`)
+    to insert inside your own transaction.
+
+    Example:
+        with psycopg.connect(dsn) as conn:   # one transaction
+            conn.execute("INSERT INTO orders ...")
+            app.sync.insert(SendReceipt.new({"order": 7}), conn=conn)
+    """
+
+    def __init__(self, app: Kerrera) -> None:
+        self._app = app
+        self._engine: SyncPostgresEngine | None = None
+
+    def _open(self) -> SyncPostgresEngine:
+        if self._engine is None:
+            from kerrera._app import _check_schema, _migrate_sync
+
+            dsn, prefix = self._app.dsn, self._app.config.prefix
+            if self._app.config.migrate:
+                _migrate_sync(dsn, prefix)
+            else:
+                _check_schema(dsn, prefix)
+            self._engine = SyncPostgresEngine(dsn, prefix)
+        return self._engine
+
+    def migrate(self) -> list[int]:
+        """Bring the schema up to date; return the versions applied."""
+        from kerrera._app import _migrate_sync
+
+        return _migrate_sync(self._app.dsn, self._app.config.prefix)
+
+    def insert(self, job: Job, *, conn: psycopg.Connection[Any] | None = None) -> Job:
+        """Insert one job (on `conn`: inside the caller's transaction)."""
+        return self.insert_all([job], conn=conn)[0]
+
+    def insert_all(
+        self, jobs: Iterable[Job], *, conn: psycopg.Connection[Any] | None = None
+    ) -> list[Job]:
+        """Insert many jobs, one statement per batch."""
+        from kerrera._app import check_jobs
+
+        batch = check_jobs(jobs)
+        return self._open().insert_jobs(batch, conn) if batch else []
+
+    def get_job(self, job_id: int) -> Job | None:
+        """The job with this id, or None."""
+        found = self._open().get_jobs([job_id])
+        return found[0] if found else None
+
+    def retry_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+        """Make jobs that are not executing available now."""
+        return _pick(ids, self._open().retry_jobs(_as_list(ids)))
+
+    def cancel_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+        """Cancel unfinished jobs."""
+        return _pick(ids, self._open().cancel_jobs(_as_list(ids)))
+
+    def delete_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+        """Delete jobs that are not executing."""
+        return _pick(ids, self._open().delete_jobs(_as_list(ids)))
+
+
+def _as_list(ids: int | Sequence[int]) -> list[int]:
+    return [ids] if isinstance(ids, int) else list(ids)
+
+
+def _pick(ids: int | Sequence[int], jobs: list[Job]) -> Job | None | list[Job]:
+    if isinstance(ids, int):
+        return jobs[0] if jobs else None
+    return jobs

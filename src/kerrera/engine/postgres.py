@@ -1,0 +1,127 @@
+"""The PostgreSQL engine (async): a psycopg connection pool and the named statements."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from kerrera._job import Job
+from kerrera.engine.base import AckBatch
+from kerrera.engine.statements import Statements, insert_params, job_row
+
+log = logging.getLogger("kerrera.engine")
+
+#: Jobs per insert statement in `insert_all`: large enough to amortise the round trip,
+#: small enough that one JSON parameter stays a few megabytes.
+INSERT_BATCH = 5000
+
+
+def _ack_params(acks: AckBatch) -> dict[str, Any]:
+    return {
+        "done_ids": acks.done_ids,
+        "done_attempts": acks.done_attempts,
+        "acks": json.dumps(acks.other, separators=(",", ":")) if acks.other else "[]",
+    }
+
+
+class PostgresEngine:
+    """Runs every statement of Kerrera against PostgreSQL through one async pool.
+
+    Connections are in autocommit mode: each statement is its own transaction, which is
+    what keeps the transactions-per-job count low. Statements are prepared by psycopg
+    after a few executions (do not put PgBouncer in transaction mode in front of it).
+    """
+
+    def __init__(self, dsn: str, prefix: str = "public", *, pool_size: int = 10) -> None:
+        self.sql = Statements(prefix)
+        self.dsn = dsn
+        self.pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max(pool_size, 2), open=False,
+            kwargs={"autocommit": True}, name=f"kerrera-{prefix}",
+            reconnect_timeout=float("inf"),
+        )  # fmt: skip
+
+    async def open(self) -> None:
+        """Open the pool and wait until a first connection works."""
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.pool.close()
+
+    async def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
+        if conn is not None:
+            async with conn.cursor(row_factory=job_row) as cur:
+                await cur.execute(self.sql[name], params)
+                return await cur.fetchall()  # type: ignore[no-any-return]
+        async with self.pool.connection() as c, c.cursor(row_factory=job_row) as cur:
+            await cur.execute(self.sql[name], params)
+            return await cur.fetchall()  # type: ignore[no-any-return]
+
+    async def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
+        out: list[Job] = []
+        for start in range(0, len(jobs), INSERT_BATCH):
+            chunk = list(jobs[start : start + INSERT_BATCH])
+            out.extend(await self._rows("insert_jobs",
+                                        insert_params(chunk, self.sql.insert_channel), conn))
+        return out
+
+    async def fetch_jobs(
+        self, queue: str, demand: int, acks: AckBatch, node: str, producer: str
+    ) -> list[Job]:
+        if acks.released_ids:
+            await self._release(acks)
+        params = _ack_params(acks)
+        params.update(queue=queue, demand=demand, node=node, producer=producer)
+        return await self._rows("fetch_jobs", params)
+
+    async def ack_jobs(self, acks: AckBatch) -> None:
+        async with self.pool.connection() as c:
+            if acks.done_ids or acks.other:
+                await c.execute(self.sql["ack_jobs"], _ack_params(acks))
+        if acks.released_ids:
+            await self._release(acks)
+
+    async def _release(self, acks: AckBatch) -> None:
+        async with self.pool.connection() as c:
+            await c.execute(self.sql["release_jobs"], {
+                "ids": acks.released_ids, "attempts": acks.released_attempts,
+                "channel": self.sql.insert_channel,
+            })  # fmt: skip
+        acks.released_ids, acks.released_attempts = [], []
+
+    async def stage_jobs(self, limit: int) -> dict[str, int]:
+        async with self.pool.connection() as c:
+            cur = await c.execute(self.sql["stage_jobs"],
+                                  {"limit": limit, "channel": self.sql.insert_channel})
+            return {queue: int(n) for queue, n, _ in await cur.fetchall()}
+
+    async def get_jobs(self, ids: Sequence[int]) -> list[Job]:
+        return await self._rows("get_jobs", {"ids": list(ids)})
+
+    async def retry_jobs(self, ids: Sequence[int]) -> list[Job]:
+        return await self._rows("retry_jobs",
+                                {"ids": list(ids), "channel": self.sql.insert_channel})
+
+    async def cancel_jobs(self, ids: Sequence[int]) -> list[Job]:
+        return await self._rows("cancel_jobs",
+                                {"ids": list(ids), "signal": self.sql.signal_channel})
+
+    async def delete_jobs(self, ids: Sequence[int]) -> list[Job]:
+        return await self._rows("delete_jobs", {"ids": list(ids)})
+
+    async def notify(self, channel: str, payload: str) -> None:
+        async with self.pool.connection() as c:
+            await c.execute(self.sql["notify"], {"channel": channel, "payload": payload})
+
+    async def listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        """A dedicated connection for LISTEN (never pooled: it holds session state)."""
+        return await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(self.dsn, autocommit=True), timeout=10
+        )

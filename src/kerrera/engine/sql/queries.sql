@@ -1,0 +1,173 @@
+-- Kerrera's named queries. Each block starts with "-- name: <name>". {prefix} is the
+-- schema, a validated identifier substituted once when the engine starts; everything
+-- else is a bound parameter. {cols} is the job column list in kerrera._job.COLUMNS order.
+
+-- name: insert_jobs
+-- One statement per batch: rows arrive as one JSON array (a single parameter, parsed by
+-- PostgreSQL), and the insert notification is sent in the same transaction so that it is
+-- delivered only if the insert commits. The state is decided with the database clock.
+WITH input AS (
+  SELECT j.*, coalesce(j.at, timezone('UTC', now()) + make_interval(secs => coalesce(j.delay, 0))) AS due
+  FROM ROWS FROM (json_to_recordset(%(jobs)s::json)
+    AS (queue text, worker text, args jsonb, meta jsonb, tags text[], priority int,
+        max_attempts int, at timestamp, delay float8)) WITH ORDINALITY
+    AS j(queue, worker, args, meta, tags, priority, max_attempts, at, delay, ord)
+), ins AS (
+  INSERT INTO {prefix}.oban_jobs
+    (state, queue, worker, args, meta, tags, priority, max_attempts, scheduled_at)
+  SELECT CASE WHEN due > timezone('UTC', now()) THEN 'scheduled' ELSE 'available' END
+           ::{prefix}.oban_job_state,
+         queue, worker, args, meta, coalesce(tags, '{}'), priority, max_attempts, due
+  FROM input ORDER BY ord
+  RETURNING {cols}
+), notified AS (
+  SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
+  FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+)
+SELECT ins.* FROM ins, notified ORDER BY ins.id;
+
+-- name: fetch_jobs
+-- Acks of finished jobs and the next fetch, in one statement and one round trip.
+-- Every ack is guarded by state and attempt so that a stale executor never overwrites a
+-- job that was rescued, cancelled or re-run meanwhile.
+WITH completed AS (
+  UPDATE {prefix}.oban_jobs j
+  SET state = 'completed', completed_at = timezone('UTC', now())
+  FROM unnest(%(done_ids)s::bigint[], %(done_attempts)s::int[]) AS a(id, attempt)
+  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+  RETURNING j.id
+), finished AS (
+  UPDATE {prefix}.oban_jobs j
+  SET state = a.state::{prefix}.oban_job_state,
+      completed_at = CASE WHEN a.state = 'completed' THEN timezone('UTC', now()) ELSE j.completed_at END,
+      discarded_at = CASE WHEN a.state = 'discarded' THEN timezone('UTC', now()) ELSE j.discarded_at END,
+      cancelled_at = CASE WHEN a.state = 'cancelled' THEN timezone('UTC', now()) ELSE j.cancelled_at END,
+      scheduled_at = CASE WHEN a.delay IS NULL THEN j.scheduled_at
+                          ELSE timezone('UTC', now()) + make_interval(secs => a.delay) END,
+      max_attempts = j.max_attempts + CASE WHEN a.snooze THEN 1 ELSE 0 END,
+      errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END,
+      meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE coalesce(j.meta, '{}') || a.meta END
+  FROM json_to_recordset(%(acks)s::json)
+    AS a(id bigint, attempt int, state text, delay float8, snooze bool, error jsonb, meta jsonb)
+  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+  RETURNING j.id
+), locked AS (
+  SELECT id FROM {prefix}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT %(demand)s
+  FOR UPDATE SKIP LOCKED
+), acked AS (
+  SELECT (SELECT count(*) FROM completed) + (SELECT count(*) FROM finished) AS n
+)
+UPDATE {prefix}.oban_jobs j
+SET state = 'executing', attempt = j.attempt + 1, attempted_at = timezone('UTC', now()),
+    attempted_by = ARRAY[%(node)s::text, %(producer)s::text]
+FROM locked, acked
+WHERE j.id = locked.id
+RETURNING {jcols};
+
+-- name: ack_jobs
+-- The same acks without a fetch, for a producer that is shutting down.
+WITH completed AS (
+  UPDATE {prefix}.oban_jobs j
+  SET state = 'completed', completed_at = timezone('UTC', now())
+  FROM unnest(%(done_ids)s::bigint[], %(done_attempts)s::int[]) AS a(id, attempt)
+  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+  RETURNING j.id
+), finished AS (
+  UPDATE {prefix}.oban_jobs j
+  SET state = a.state::{prefix}.oban_job_state,
+      completed_at = CASE WHEN a.state = 'completed' THEN timezone('UTC', now()) ELSE j.completed_at END,
+      discarded_at = CASE WHEN a.state = 'discarded' THEN timezone('UTC', now()) ELSE j.discarded_at END,
+      cancelled_at = CASE WHEN a.state = 'cancelled' THEN timezone('UTC', now()) ELSE j.cancelled_at END,
+      scheduled_at = CASE WHEN a.delay IS NULL THEN j.scheduled_at
+                          ELSE timezone('UTC', now()) + make_interval(secs => a.delay) END,
+      max_attempts = j.max_attempts + CASE WHEN a.snooze THEN 1 ELSE 0 END,
+      errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END,
+      meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE coalesce(j.meta, '{}') || a.meta END
+  FROM json_to_recordset(%(acks)s::json)
+    AS a(id bigint, attempt int, state text, delay float8, snooze bool, error jsonb, meta jsonb)
+  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+  RETURNING j.id
+)
+SELECT (SELECT count(*) FROM completed) + (SELECT count(*) FROM finished);
+
+-- name: release_jobs
+-- Put jobs that were interrupted by shutdown back to available without spending their
+-- attempt (the attempt counter goes back down), and wake the queue's producers.
+WITH released AS (
+  UPDATE {prefix}.oban_jobs j
+  SET state = 'available', attempt = j.attempt - 1
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS a(id, attempt)
+  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+  RETURNING j.id, j.queue
+), notified AS (
+  SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
+  FROM (SELECT DISTINCT queue FROM released) q
+)
+SELECT released.id FROM released, notified;
+
+-- name: stage_jobs
+-- Move due scheduled and retryable jobs to available, in bounded batches, and notify
+-- each queue that received jobs (in the same transaction).
+WITH due AS (
+  SELECT id FROM {prefix}.oban_jobs
+  WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= timezone('UTC', now())
+  ORDER BY scheduled_at, id
+  LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+), staged AS (
+  UPDATE {prefix}.oban_jobs j SET state = 'available'
+  FROM due WHERE j.id = due.id
+  RETURNING j.queue
+), counted AS (
+  SELECT queue, count(*) AS n FROM staged GROUP BY queue
+)
+SELECT queue, n, pg_notify(%(channel)s, '{"queue":' || to_json(queue)::text || '}')::text
+FROM counted;
+
+-- name: get_jobs
+SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
+
+-- name: retry_jobs
+-- Any job that is not running goes back to available now; a job whose attempts are spent
+-- gets one more.
+WITH retried AS (
+  UPDATE {prefix}.oban_jobs
+  SET state = 'available', scheduled_at = timezone('UTC', now()),
+      max_attempts = greatest(max_attempts, attempt + 1),
+      completed_at = NULL, cancelled_at = NULL, discarded_at = NULL
+  WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'executing'
+  RETURNING {cols}
+), notified AS (
+  SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
+  FROM (SELECT DISTINCT queue FROM retried) q
+)
+SELECT retried.* FROM retried, notified ORDER BY retried.id;
+
+-- name: cancel_jobs
+-- Cancel jobs that are not finished. Executing ones are marked cancelled here (so their
+-- executor's guarded ack cannot complete them) and a pkill signal asks the node that
+-- runs them to stop them. CTEs read the snapshot from before the update, so
+-- "signalled" sees which of the jobs were executing.
+WITH cancelled AS (
+  UPDATE {prefix}.oban_jobs
+  SET state = 'cancelled', cancelled_at = timezone('UTC', now())
+  WHERE id = ANY(%(ids)s::bigint[])
+    AND state NOT IN ('completed', 'discarded', 'cancelled')
+  RETURNING {cols}
+), signalled AS (
+  SELECT count(pg_notify(%(signal)s, '{"action":"pkill","job_id":' || c.id || '}')) AS n
+  FROM {prefix}.oban_jobs c WHERE c.id = ANY(%(ids)s::bigint[]) AND c.state = 'executing'
+)
+SELECT cancelled.* FROM cancelled, signalled ORDER BY cancelled.id;
+
+-- name: delete_jobs
+-- Delete jobs that are not running (a running job is left alone: cancel it first).
+DELETE FROM {prefix}.oban_jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'executing'
+RETURNING {cols};
+
+-- name: notify
+SELECT pg_notify(%(channel)s, %(payload)s);

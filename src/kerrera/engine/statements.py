@@ -1,0 +1,87 @@
+"""Named SQL statements, loaded once from `sql/queries.sql`, and their parameters.
+
+Both the async and the sync engine run these statements; this module owns their text and
+the shape of their parameters so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from kerrera._job import COLUMNS, Job
+
+_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def check_prefix(prefix: object) -> str:
+    """A schema name is inlined into SQL, so only plain identifiers are accepted."""
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        from kerrera._errors import ConfigError
+
+        raise ConfigError(
+            f"option 'prefix' must be a plain schema name (letters, digits, _), got {prefix!r}"
+        )
+    return prefix
+
+
+@cache
+def _raw_queries() -> dict[str, str]:
+    text = resources.files("kerrera.engine").joinpath("sql/queries.sql").read_text("utf-8")
+    out: dict[str, str] = {}
+    for block in text.split("-- name: ")[1:]:
+        name, _, body = block.partition("\n")
+        out[name.strip()] = body.strip().rstrip(";")
+    return out
+
+
+class Statements:
+    """The statements for one schema prefix, plus its notification channel names."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = check_prefix(prefix)
+        quoted = f'"{self.prefix}"'
+        cols = ", ".join(COLUMNS)
+        jcols = ", ".join(f"j.{c}" for c in COLUMNS)
+        self._sql = {
+            name: body.replace("{prefix}", quoted).replace("{cols}", cols)
+            .replace("{jcols}", jcols)
+            for name, body in _raw_queries().items()
+        }
+        self.insert_channel = f"{self.prefix}.oban_insert"
+        self.signal_channel = f"{self.prefix}.oban_signal"
+        self.leader_channel = f"{self.prefix}.oban_leader"
+
+    def __getitem__(self, name: str) -> str:
+        return self._sql[name]
+
+
+def insert_params(jobs: list[Job], channel: str) -> dict[str, Any]:
+    """Parameters of `insert_jobs`: the whole batch as one JSON array."""
+    rows = [
+        {
+            "queue": j.queue, "worker": j.worker, "args": j.args, "meta": j.meta,
+            "tags": j.tags, "priority": j.priority, "max_attempts": j.max_attempts,
+            "at": _iso(j.scheduled_at), "delay": j.schedule_in,
+        }
+        for j in jobs
+    ]  # fmt: skip
+    return {"jobs": json.dumps(rows, separators=(",", ":")), "channel": channel}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def job_row(cursor: Any) -> Any:
+    """psycopg row factory that builds `Job` objects straight from result tuples."""
+    make = Job.from_row
+
+    def load(values: Any) -> Job:
+        return make(values)
+
+    return load

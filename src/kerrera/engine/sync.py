@@ -1,0 +1,67 @@
+"""The PostgreSQL engine for synchronous callers (Django, Flask, scripts): no event loop.
+
+It runs the same named statements as the async engine, on the caller's `psycopg.Connection`
+when given (so a job commits or rolls back with the caller's transaction), otherwise on a
+short-lived autocommit connection of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from kerrera._job import Job
+from kerrera.engine.postgres import INSERT_BATCH
+from kerrera.engine.statements import Statements, insert_params, job_row
+
+
+class SyncPostgresEngine:
+    """Insert and manage jobs from synchronous code."""
+
+    def __init__(self, dsn: str, prefix: str = "public") -> None:
+        self.sql = Statements(prefix)
+        self.dsn = dsn
+
+    @contextmanager
+    def _connection(self, conn: Any) -> Iterator[psycopg.Connection[Any]]:
+        if conn is not None:
+            yield conn
+            return
+        with psycopg.connect(self.dsn, autocommit=True) as own:
+            yield own
+
+    def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
+        with self._connection(conn) as c, c.cursor(row_factory=job_row) as cur:
+            cur.execute(self.sql[name], params)
+            return cur.fetchall()  # type: ignore[no-any-return]
+
+    def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
+        """Insert jobs, one statement per batch."""
+        out: list[Job] = []
+        with self._connection(conn) as c:
+            for start in range(0, len(jobs), INSERT_BATCH):
+                chunk = list(jobs[start : start + INSERT_BATCH])
+                out.extend(self._rows("insert_jobs",
+                                      insert_params(chunk, self.sql.insert_channel), c))
+        return out
+
+    def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
+        """Read jobs by id."""
+        return self._rows("get_jobs", {"ids": list(ids)}, conn)
+
+    def retry_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
+        """Make jobs that are not running available again."""
+        return self._rows("retry_jobs", {"ids": list(ids), "channel": self.sql.insert_channel},
+                          conn)
+
+    def cancel_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
+        """Cancel unfinished jobs."""
+        return self._rows("cancel_jobs", {"ids": list(ids), "signal": self.sql.signal_channel},
+                          conn)
+
+    def delete_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
+        """Delete jobs that are not running."""
+        return self._rows("delete_jobs", {"ids": list(ids)}, conn)

@@ -1,0 +1,114 @@
+"""Applying and reverting migrations on a psycopg (sync) connection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from kerrera.engine.statements import check_prefix
+from kerrera.migrations import _steps
+
+log = logging.getLogger("kerrera.migrations")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step: `up` returns a note kept for `down` (what it created)."""
+
+    version: int
+    description: str
+    up: Callable[[Any, str], str]
+    down: Callable[[Any, str, str], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "Oban v14 jobs and peers tables (if absent)", _steps.up_1, _steps.down_1),
+    Migration(2, "partial index of scheduled/retryable jobs by due time",
+              _steps.up_2, _steps.down_2),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS {p};
+CREATE TABLE IF NOT EXISTS {p}.kerrera_migrations (
+  version integer PRIMARY KEY,
+  description text NOT NULL,
+  note text NOT NULL DEFAULT '',
+  applied_at timestamp NOT NULL DEFAULT timezone('UTC', now())
+);
+"""
+
+
+def _quoted(prefix: str) -> str:
+    return f'"{check_prefix(prefix)}"'
+
+
+def current_version(conn: psycopg.Connection[Any], prefix: str = "public") -> int:
+    """The highest Kerrera migration applied in `prefix` (0 when none)."""
+    p = _quoted(prefix)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{p}.kerrera_migrations",))
+    if not row.fetchone()[0]:  # type: ignore[index]
+        return 0
+    cur = conn.execute(f"SELECT coalesce(max(version), 0) FROM {p}.kerrera_migrations")
+    return int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def _lock(conn: psycopg.Connection[Any], prefix: str) -> None:
+    # A transaction-level advisory lock: concurrent migrators queue up behind it and
+    # then find the work already done.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"kerrera.migrate.{prefix}",))
+
+
+def migrate_up(
+    conn: psycopg.Connection[Any], prefix: str = "public", target: int | None = None
+) -> list[int]:
+    """Apply missing migrations up to `target` (default: latest); return those applied."""
+    p = _quoted(prefix)
+    target = LATEST_VERSION if target is None else target
+    applied: list[int] = []
+    with conn.transaction():
+        _lock(conn, prefix)
+        with conn.cursor() as cur:
+            cur.execute(_BOOTSTRAP.format(p=p))
+        version = current_version(conn, prefix)
+        for step in MIGRATIONS:
+            if version < step.version <= target:
+                with conn.cursor() as cur:
+                    note = step.up(cur, p)
+                    cur.execute(
+                        f"INSERT INTO {p}.kerrera_migrations (version, description, note) "
+                        "VALUES (%s, %s, %s)",
+                        (step.version, step.description, note),
+                    )
+                log.info("migrated %s up to version %d", prefix, step.version)
+                applied.append(step.version)
+    return applied
+
+
+def migrate_down(conn: psycopg.Connection[Any], prefix: str = "public", steps: int = 1) -> list[int]:
+    """Revert the last `steps` migrations; return the versions reverted."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    p = _quoted(prefix)
+    reverted: list[int] = []
+    with conn.transaction():
+        _lock(conn, prefix)
+        version = current_version(conn, prefix)
+        if version == 0:
+            return reverted
+        notes = dict(conn.execute(f"SELECT version, note FROM {p}.kerrera_migrations").fetchall())
+        for step in reversed(MIGRATIONS):
+            if len(reverted) == steps:
+                break
+            if step.version <= version:
+                with conn.cursor() as cur:
+                    step.down(cur, p, notes.get(step.version, ""))
+                    cur.execute(f"DELETE FROM {p}.kerrera_migrations WHERE version = %s",
+                                (step.version,))
+                log.info("migrated %s down from version %d", prefix, step.version)
+                reverted.append(step.version)
+    return reverted

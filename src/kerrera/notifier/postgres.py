@@ -1,0 +1,109 @@
+"""LISTEN/NOTIFY notifier on one dedicated connection, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+
+from kerrera._backoff import reconnect_backoff
+from kerrera.engine.postgres import PostgresEngine
+from kerrera.notifier import payload
+from kerrera.notifier.base import Listener, StatusListener
+
+log = logging.getLogger("kerrera.notifier")
+
+
+class PostgresNotifier:
+    """Hears notifications on a dedicated connection (a pooled one would lose LISTEN).
+
+    When the connection drops it reports itself down (producers then poll), reconnects
+    with jittered backoff, and reports itself up again. PgBouncer in transaction mode
+    cannot carry LISTEN: point the notifier at PostgreSQL itself.
+    """
+
+    def __init__(self, engine: PostgresEngine) -> None:
+        self._engine = engine
+        self._listeners: dict[str, list[Listener]] = {}
+        self._status: list[StatusListener] = []
+        self._up = False
+        self._task: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    def listen(self, channel: str, listener: Listener) -> None:
+        self._listeners.setdefault(channel, []).append(listener)
+
+    def on_status(self, listener: StatusListener) -> None:
+        self._status.append(listener)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kerrera-notifier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close()
+
+    async def notify(self, channel: str, message: dict[str, Any]) -> None:
+        await self._engine.notify(channel, payload.encode(message))
+
+    def _set_status(self, up: bool) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        log.log(logging.INFO if up else logging.WARNING,
+                "notifications %s", "up" if up else "down: polling until reconnected")
+        for listener in self._status:
+            listener(up)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                self._conn = await self._engine.listen_connection()
+                for channel in self._listeners:
+                    await self._conn.execute(f'LISTEN "{channel}"')
+                failures = 0
+                self._set_status(True)
+                async for note in self._conn.notifies():
+                    self._dispatch(note.channel, note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the notifier die: log, back off, retry
+                self._set_status(False)
+                failures += 1
+                delay = reconnect_backoff(failures)
+                log.warning("notifier connection failed (%s); retrying in %.2fs", exc, delay)
+                await self._close()
+                await asyncio.sleep(delay)
+            else:  # notifies() ended: the connection closed under us
+                self._set_status(False)
+                await self._close()
+
+    def _dispatch(self, channel: str, raw: str) -> None:
+        try:
+            message = payload.decode(raw)
+        except Exception:
+            log.warning("dropping undecodable notification on %s: %.80r", channel, raw)
+            return
+        for listener in self._listeners.get(channel, []):
+            try:
+                listener(channel, message)
+            except Exception:
+                log.exception("notification listener failed on %s", channel)

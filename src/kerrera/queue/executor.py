@@ -1,0 +1,140 @@
+"""Running one job and turning what it did into an ack.
+
+`perform` returns None for a plain completion (the hot path: no allocation beyond the
+job itself) or a small dict describing any other outcome, in the shape the engine's
+`fetch_jobs`/`ack_jobs` statements read. Cancellation (shutdown or pkill) propagates as
+`asyncio.CancelledError` for the producer to handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from kerrera._errors import JobTimeoutError, UnknownWorkerError
+from kerrera._job import Job
+from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
+from kerrera._worker import Worker, resolve_worker
+from kerrera.queue.threads import DaemonThreadPool
+
+log = logging.getLogger("kerrera.executor")
+
+
+class Executor:
+    """Runs jobs for the producers of one node; sync workers go to `threads`."""
+
+    def __init__(self, threads: DaemonThreadPool) -> None:
+        self.threads = threads
+
+    async def perform(self, job: Job) -> dict[str, Any] | None:
+        """Run `job` to its end and return its ack (None means plainly completed)."""
+        try:
+            worker = resolve_worker(job.worker)
+        except UnknownWorkerError as exc:
+            return failure(job, None, exc, with_traceback=False)
+        try:
+            result = await self._call(worker, job)
+        except asyncio.CancelledError:
+            raise
+        except CancelJob as exc:
+            return cancelled(job, exc.reason)
+        except SnoozeJob as exc:
+            return snoozed(job, exc.seconds)
+        except BaseException as exc:  # a worker's failure must never reach the node
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                log.warning("job %s raised %r; recorded as an error", job.id, exc)
+            return failure(job, worker, exc)
+        if result is None:
+            return None
+        return outcome(job, worker, result)
+
+    async def _call(self, worker: Worker, job: Job) -> Any:
+        limit = worker.timeout(job)
+        if worker.is_async:
+            if limit is None:
+                return await worker.process(job)  # type: ignore[misc]
+            try:
+                async with asyncio.timeout(limit):
+                    return await worker.process(job)  # type: ignore[misc]
+            except TimeoutError:
+                raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
+        future = self.threads.run(worker.process, job)
+        if limit is None:
+            return await future
+        try:
+            # A thread cannot be interrupted: past the limit the job fails and its thread
+            # is left to finish on its own (its result is then ignored).
+            return await asyncio.wait_for(future, limit)
+        except TimeoutError:
+            raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
+
+
+def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:
+    """Map a worker's return value to an ack."""
+    if isinstance(result, Snooze):
+        return snoozed(job, result.seconds)
+    if isinstance(result, Cancel):
+        return cancelled(job, result.reason)
+    if isinstance(result, Record):
+        try:
+            json.dumps(result.value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            error = TypeError(f"Record value is not JSON-serialisable: {exc}")
+            return failure(job, worker, error, with_traceback=False)
+        return {"id": job.id, "attempt": job.attempt, "state": "completed",
+                "meta": {"recorded": True, "return": result.value}}
+    return None  # any other value: completed, the value is not kept
+
+
+def snoozed(job: Job, seconds: float) -> dict[str, Any]:
+    """Scheduled again; `max_attempts` grows by one so the snooze spends no attempt.
+
+    This is Oban OSS's way (attempt keeps counting runs upwards), which keeps the
+    `attempt` guard on acks sound: rolling attempt back would let a stale executor of
+    the snoozed run ack the next one.
+    """
+    count = int(job.meta.get("snoozed", 0)) + 1 if isinstance(job.meta, dict) else 1
+    return {"id": job.id, "attempt": job.attempt, "state": "scheduled",
+            "delay": float(seconds), "snooze": True, "meta": {"snoozed": count}}
+
+
+def cancelled(job: Job, reason: str) -> dict[str, Any]:
+    """Cancelled by the worker; the reason is appended to `errors`."""
+    return {"id": job.id, "attempt": job.attempt, "state": "cancelled",
+            "error": error_entry(job, f"(Cancelled) {reason}")}
+
+
+def failure(
+    job: Job, worker: Worker | None, exc: BaseException, *, with_traceback: bool = True
+) -> dict[str, Any]:
+    """Retryable with backoff while attempts remain, discarded after the last."""
+    text = ("".join(traceback.format_exception(exc)) if with_traceback
+            else f"{type(exc).__name__}: {exc}")
+    entry = error_entry(job, text)
+    if job.attempt >= job.max_attempts:
+        return {"id": job.id, "attempt": job.attempt, "state": "discarded", "error": entry}
+    return {"id": job.id, "attempt": job.attempt, "state": "retryable",
+            "delay": _backoff(job, worker), "error": entry}
+
+
+def _backoff(job: Job, worker: Worker | None) -> float:
+    from kerrera._backoff import default_backoff
+
+    if worker is None:
+        return default_backoff(job.attempt, job.max_attempts)
+    try:
+        delay = float(worker.backoff(job))
+    except Exception:
+        log.exception("backoff() of %s failed; using the default", job.worker)
+        return default_backoff(job.attempt, job.max_attempts)
+    return max(delay, 0.0)
+
+
+def error_entry(job: Job, text: str) -> dict[str, Any]:
+    """An `errors` element as Oban writes it: at (ISO-8601 UTC), attempt, error."""
+    at = datetime.now(timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    return {"at": at, "attempt": job.attempt, "error": text}

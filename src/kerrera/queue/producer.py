@@ -1,0 +1,176 @@
+"""One producer per queue per node: fetch up to the limit, dispatch, bundle the acks.
+
+The loop sleeps until something happens (a notification, a job finishing, the poll
+tick), then makes one round trip that both writes the acks of every job finished since
+the last trip and claims as many new jobs as there are free slots. Under load a trip
+carries tens of acks and fetches, so transactions per job stay far below one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from kerrera._backoff import reconnect_backoff
+from kerrera._job import Job
+from kerrera.engine.base import AckBatch, Engine
+from kerrera.queue.executor import Executor
+
+log = logging.getLogger("kerrera.producer")
+
+
+class Producer:
+    """Runs the jobs of one queue on this node, never more than `limit` at once."""
+
+    def __init__(
+        self, queue: str, limit: int, *, engine: Engine, executor: Executor, node: str,
+        poll_interval: float = 1.0, paused: bool = False,
+    ) -> None:  # fmt: skip
+        self.queue = queue
+        self.limit = limit
+        self.node = node
+        self.uuid = str(uuid.uuid4())
+        self.paused = paused
+        self.started_at: datetime | None = None
+        self.poll_interval = poll_interval
+        self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self._engine = engine
+        self._executor = executor
+        self._acks = AckBatch()
+        self._wake = asyncio.Event()
+        self._more = True  # jobs may be waiting: fetch when there is room
+        self._stopping = False
+        self._killed: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- control -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin fetching (call on the running loop)."""
+        self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        self._task = asyncio.create_task(self._run(), name=f"kerrera-producer-{self.queue}")
+
+    def wake(self) -> None:
+        """Jobs may be available (an insert notification or a staged batch)."""
+        self._more = True
+        self._wake.set()
+
+    def pause(self) -> None:
+        """Stop fetching; running jobs go on."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Fetch again."""
+        self.paused = False
+        self.wake()
+
+    def scale(self, limit: int) -> None:
+        """Change the limit; lowering it lets running jobs finish."""
+        self.limit = limit
+        self.wake()
+
+    def kill(self, job_id: int) -> bool:
+        """Cancel a running job whose row was already marked cancelled."""
+        entry = self.running.get(job_id)
+        if entry is None:
+            return False
+        self._killed.add(job_id)
+        entry[1].cancel()
+        return True
+
+    def check(self) -> dict[str, Any]:
+        """This producer's state, for `check_queue`."""
+        return {
+            "queue": self.queue, "node": self.node, "uuid": self.uuid, "limit": self.limit,
+            "running": sorted(self.running), "paused": self.paused,
+            "started_at": self.started_at,
+        }  # fmt: skip
+
+    async def stop(self, grace: float) -> int:
+        """Stop fetching, give running jobs `grace` seconds, then cancel and release the
+        rest (back to available, attempt not spent). Returns how many were released."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is None:
+            return 0
+        released = 0
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except TimeoutError:
+            released = len(self.running)
+            log.warning("queue %s: %d job(s) still running after %.1fs; releasing them",
+                        self.queue, released, grace)
+            for _job, job_task in list(self.running.values()):
+                job_task.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 5.0)
+            except TimeoutError:
+                task.cancel()
+                log.error("queue %s: could not write %d final ack(s); the jobs stay "
+                          "executing until rescued", self.queue, len(self._acks))
+        return released
+
+    # -- loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._wake.is_set():
+                try:
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._more = True  # the poll tick: look even without a notification
+            self._wake.clear()
+            if self._stopping and not self.running and not self._acks:
+                return
+            demand = self._demand()
+            if demand == 0 and not self._acks:
+                continue
+            acks, self._acks = self._acks, AckBatch()
+            try:
+                jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node,
+                                                     self.uuid)
+            except Exception as exc:  # the database is away: keep the acks, back off
+                self._acks.extend(acks)
+                failures += 1
+                delay = reconnect_backoff(failures)
+                log.warning("queue %s: fetch failed (%s); retrying in %.2fs",
+                            self.queue, exc, delay)
+                await asyncio.sleep(delay)
+                self._wake.set()
+                continue
+            failures = 0
+            if demand:
+                self._more = len(jobs) >= demand
+            for job in jobs:
+                self.running[job.id] = (job, asyncio.create_task(self._execute(job)))  # type: ignore[index]
+
+    def _demand(self) -> int:
+        if self.paused or self._stopping or not self._more:
+            return 0
+        return max(self.limit - len(self.running), 0)
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            ack = await self._executor.perform(job)
+        except asyncio.CancelledError:
+            if job.id in self._killed:
+                self._killed.discard(job.id)  # the row already says cancelled
+            else:
+                self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
+                self._acks.released_attempts.append(job.attempt)
+        else:
+            if ack is None:
+                self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
+                self._acks.done_attempts.append(job.attempt)
+            else:
+                self._acks.other.append(ack)
+        finally:
+            del self.running[job.id]  # type: ignore[arg-type]
+            self._wake.set()
+
+

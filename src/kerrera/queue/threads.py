@@ -1,0 +1,75 @@
+"""A bounded pool of daemon threads for sync workers.
+
+Not `concurrent.futures.ThreadPoolExecutor`: its threads are joined at interpreter exit,
+so one stuck sync job would keep a node from exiting after shutdown gave up on it.
+Here a job still running when the node exits is simply abandoned; its row was already put
+back to `available` by the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_STOP = object()
+
+
+class DaemonThreadPool:
+    """Runs blocking callables on at most `size` daemon threads, started on demand."""
+
+    def __init__(self, size: int, name: str = "kerrera-sync") -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self.size = size
+        self._name = name
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Schedule `func(*args)`; the returned future resolves on the calling loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._work.put((loop, future, func, args))
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._loop, daemon=True,
+                                          name=f"{self._name}-{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+        return future
+
+    def shutdown(self) -> None:
+        """Ask idle threads to exit; busy ones exit after their current job."""
+        for _ in self._threads:
+            self._work.put(_STOP)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is _STOP:
+                return
+            loop, future, func, args = item
+            try:
+                result = func(*args)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+            with self._lock:
+                self._idle += 1
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled by shutdown or a timeout meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -1,0 +1,5 @@
+"""Background services that keep the jobs table moving."""
+
+from kerrera.services.stager import Stager
+
+__all__ = ["Stager"]

@@ -1,0 +1,68 @@
+"""The stager: moves due scheduled and retryable jobs to available, every second.
+
+Staging is one guarded, bounded statement with SKIP LOCKED, so several nodes may run it
+at once without harm; the statement notifies each queue that received jobs, and the
+local producers are woken directly as well (so staging works with notifications down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from kerrera._backoff import reconnect_backoff
+from kerrera.engine.base import Engine
+
+log = logging.getLogger("kerrera.stager")
+
+
+class Stager:
+    """Runs `stage_jobs` every `interval` seconds; `on_staged(queue)` wakes producers."""
+
+    def __init__(
+        self, engine: Engine, on_staged: Callable[[str], None], *,
+        interval: float = 1.0, limit: int = 5000,
+    ) -> None:  # fmt: skip
+        self._engine = engine
+        self._on_staged = on_staged
+        self.interval = interval
+        self.limit = limit
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin staging on the running loop."""
+        self._task = asyncio.create_task(self._run(), name="kerrera-stager")
+
+    async def stop(self) -> None:
+        """Stop staging."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def stage_once(self) -> dict[str, int]:
+        """Stage until fewer than `limit` jobs were due; return counts by queue."""
+        total: dict[str, int] = {}
+        while True:
+            staged = await self._engine.stage_jobs(self.limit)
+            for queue, n in staged.items():
+                total[queue] = total.get(queue, 0) + n
+                self._on_staged(queue)
+            if sum(staged.values()) < self.limit:
+                return total
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.stage_once()
+                failures = 0
+                await asyncio.sleep(self.interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = max(self.interval, reconnect_backoff(failures))
+                log.warning("staging failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
