@@ -287,6 +287,7 @@ class Bench:
         self.wait_idle()
         before = self.snapshot()
         state: dict[str, Any] = {"count": 0, "polls": 0, "marks": []}
+        limit = float(self.args.timeout)
         marks_at = {max(1, (n * k) // 10): k for k in range(1, 11)} if deciles else {}
 
         async def go() -> tuple[float, float]:
@@ -309,7 +310,12 @@ class Bench:
             state["t0"] = t0
             await app.start()
             try:
-                await done.wait()
+                try:
+                    await asyncio.wait_for(done.wait(), limit)
+                except TimeoutError:
+                    raise SystemExit(
+                        f"only {state['count']} of {n} job bodies ran within {limit:g} s"
+                    ) from None
                 t_bodies = perf() - t0
                 while True:
                     cur = await mon.execute(REMAINING_SQL)
@@ -317,6 +323,8 @@ class Bench:
                     (left,) = await cur.fetchone()  # type: ignore[misc]
                     if left == 0:
                         break
+                    if perf() - t0 > limit:
+                        raise SystemExit(f"{left} jobs still unfinished after {limit:g} s")
                     await asyncio.sleep(0.005)
                 secs = perf() - t0
                 state["cpu1"], state["m1"] = self_cpu(), machine_cpu()
@@ -641,6 +649,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     for sp in (pi, pp, pl, pb):
         sp.add_argument("--reps", type=int, default=1, help="repetitions (default 1)")
+    for sp in (pp, pb):
+        sp.add_argument(
+            "--timeout", type=float, default=1800, help="give up after this many seconds"
+        )
 
     pw = sub.add_parser("_worker", help=argparse.SUPPRESS)
     pw.add_argument("--concurrency", type=int, default=10)

@@ -4,7 +4,7 @@ Define workers, insert jobs (alone, in bulk, or inside your own transaction) and
 on any number of nodes with per-queue concurrency, retries and scheduling.
 """
 
-from kerrera._app import Kerrera
+from kerrera._app import Kerrera, current_app
 from kerrera._backoff import default_backoff
 from kerrera._errors import (
     ConfigError,
@@ -36,6 +36,7 @@ __all__ = [
     "SyncKerrera",
     "UnknownWorkerError",
     "Worker",
+    "current_app",
     "default_backoff",
     "resolve_worker",
     "worker",

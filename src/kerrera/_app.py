@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -23,6 +24,22 @@ from kerrera.queue import DaemonThreadPool, Executor, Producer
 from kerrera.services import Stager
 
 log = logging.getLogger("kerrera")
+
+_CURRENT: contextvars.ContextVar[Kerrera] = contextvars.ContextVar("kerrera_app")
+
+
+def current_app() -> Kerrera:
+    """The `Kerrera` instance started in this context: inside a job, the one running it.
+
+    Example (a pipeline step enqueuing the next):
+        @worker(queue="media")
+        async def download(job: Job) -> None:
+            await current_app().insert(separate.new({"track": job.args["track"]}))
+    """
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise RuntimeError("no Kerrera instance was started in this context") from None
 
 
 class Kerrera:
@@ -132,6 +149,7 @@ class Kerrera:
             return
         engine = await self._open()
         self._running = True
+        _CURRENT.set(self)  # tasks created from here on (producers, jobs) inherit it
         if not self.config.queues:
             return
         self._threads = DaemonThreadPool(self.config.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,6 +61,8 @@ def check_timeout(value: object) -> float | None:
 
 def check_json_object(value: object, option: str) -> dict[str, Any]:
     """Args and meta are JSON objects with string keys that survive a round trip."""
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        value = dict(value)
     if not isinstance(value, dict):
         raise ConfigError(f"option {option!r} must be a dict (a JSON object), got {value!r}")
     try:

@@ -159,12 +159,12 @@ class Worker:
             state=JobState.SCHEDULED if (when or delay) else JobState.AVAILABLE,
             queue=opts.queue if queue is None else check_queue(queue),
             worker=self_or_cls.name,
-            args=check_json_object(dict(args or {}), "args"),
+            args=check_json_object({} if args is None else args, "args"),
             max_attempts=opts.max_attempts if max_attempts is None
             else check_max_attempts(max_attempts),
             priority=opts.priority if priority is None else check_priority(priority),
             tags=list(opts.tags) if tags is None else check_tags(tags),
-            meta=check_json_object(dict(meta or {}), "meta"),
+            meta=check_json_object({} if meta is None else meta, "meta"),
             scheduled_at=when,
             schedule_in=delay,
         )

@@ -9,6 +9,7 @@ back to `available` by the shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -34,7 +35,7 @@ class DaemonThreadPool:
         """Schedule `func(*args)`; the returned future resolves on the calling loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._work.put((loop, future, func, args))
+        self._work.put((loop, future, contextvars.copy_context(), func, args))
         with self._lock:
             if self._idle == 0 and len(self._threads) < self.size:
                 thread = threading.Thread(target=self._loop, daemon=True,
@@ -55,9 +56,9 @@ class DaemonThreadPool:
             item = self._work.get()
             if item is _STOP:
                 return
-            loop, future, func, args = item
+            loop, future, context, func, args = item
             try:
-                result = func(*args)
+                result = context.run(func, *args)
             except BaseException as exc:
                 loop.call_soon_threadsafe(_settle, future, None, exc)
             else:

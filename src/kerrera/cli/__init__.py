@@ -1,0 +1,168 @@
+"""The `kerrera` command: migrate, start a node, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kerrera._errors import ConfigError, KerreraError
+
+log = logging.getLogger("kerrera.cli")
+
+
+def parse_queues(text: str) -> dict[str, int]:
+    """`default:10,media:2` -> {"default": 10, "media": 2} (a bare name gets limit 10)."""
+    queues: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, limit = part.partition(":")
+        try:
+            queues[name.strip()] = int(limit) if limit else 10
+        except ValueError:
+            raise ConfigError(f"option '--queues': bad limit in {part!r} (use name:limit)")
+    return queues
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dsn", help="PostgreSQL URL (default: $KERRERA_DATABASE_URL, "
+                        "$DATABASE_URL, else the embedded database)")
+    parser.add_argument("--prefix", default="public", help="schema of the tables (public)")
+    parser.add_argument("--data-dir", default=".kerrera",
+                        help="where the embedded database lives (.kerrera)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `kerrera` (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(prog="kerrera", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mig = sub.add_parser("migrate", help="bring the schema up to date (or down)")
+    _common(mig)
+    mig.add_argument("--down", type=int, metavar="N", help="revert the last N migrations")
+    mig.add_argument("--status", action="store_true", help="print the current version only")
+
+    start = sub.add_parser("start", help="run a worker node until SIGTERM/SIGINT")
+    _common(start)
+    start.add_argument("--queues", default="default:10", help="name:limit,... (default:10)")
+    start.add_argument("--module", "-m", action="append", default=[],
+                       help="module that defines workers (repeatable)")
+    start.add_argument("--node", help="node name (hostname-pid)")
+    start.add_argument("--shutdown-grace-period", type=float, default=15.0,
+                       help="seconds to let running jobs finish on shutdown (15)")
+    start.add_argument("--no-migrate", action="store_true",
+                       help="refuse to start on an out-of-date schema instead of migrating")
+
+    demo = sub.add_parser("demo", help="run a small media pipeline on the embedded database")
+    _common(demo)
+    demo.add_argument("--tracks", type=int, default=1000, help="tracks to process (1000)")
+    demo.add_argument("--fail-rate", type=float, default=0.1,
+                      help="share of steps that fail once and retry (0.1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `kerrera` command."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "migrate":
+            return _migrate(args)
+        if args.command == "start":
+            return _run(_start(args))
+        if args.command == "demo":
+            from kerrera.cli.demo import run_demo
+
+            return _run(run_demo(args))
+    except KerreraError as exc:
+        print(f"kerrera: error: {exc}", file=sys.stderr)
+        return 2
+    return 0  # pragma: no cover - argparse requires a command
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return int(asyncio.run(coro) or 0)
+    return int(uvloop.run(coro) or 0)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from kerrera._embedded import resolve_dsn
+    from kerrera.migrations import LATEST_VERSION, current_version, migrate_down, migrate_up
+
+    dsn = resolve_dsn(args.dsn, args.data_dir)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if args.status:
+            print(f"version {current_version(conn, args.prefix)} (latest {LATEST_VERSION})")
+        elif args.down:
+            done = migrate_down(conn, args.prefix, args.down)
+            print(f"reverted {done or 'nothing'}; now at version "
+                  f"{current_version(conn, args.prefix)}")
+        else:
+            done = migrate_up(conn, args.prefix)
+            print(f"applied {done or 'nothing'}; now at version "
+                  f"{current_version(conn, args.prefix)}")
+    return 0
+
+
+async def _start(args: argparse.Namespace) -> int:
+    from kerrera._app import Kerrera
+
+    sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current project
+    for module in args.module:
+        importlib.import_module(module)
+    app = Kerrera(
+        args.dsn, queues=parse_queues(args.queues), prefix=args.prefix, node=args.node,
+        migrate=not args.no_migrate, shutdown_grace_period=args.shutdown_grace_period,
+        data_dir=args.data_dir,
+    )  # fmt: skip
+    await run_until_signalled(app)
+    return 0
+
+
+async def run_until_signalled(app: Any) -> None:
+    """Run `app` until SIGTERM/SIGINT: the first drains (grace period), a second one
+    ends at once (running jobs are put back to available without waiting)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            log.warning("received %s: draining (again to stop at once)",
+                        signal.Signals(signum).name)
+            print("kerrera: shutting down; send the signal again to stop at once",
+                  file=sys.stderr, flush=True)
+            stop.set()
+        else:
+            hurry.set()
+
+    hurry = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await app.start()
+    print(f"kerrera: node {app.node} running queues {dict(app.config.queues)}",
+          file=sys.stderr, flush=True)
+    await stop.wait()
+    stopping = asyncio.create_task(app.stop())
+    hurried = asyncio.create_task(hurry.wait())
+    done, _ = await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    if stopping not in done:
+        for producer in list(app.producers.values()):
+            for _job, task in list(producer.running.values()):
+                task.cancel()  # the producers put these jobs back before stop() returns
+        await stopping
+    hurried.cancel()
+    print("kerrera: stopped", file=sys.stderr, flush=True)

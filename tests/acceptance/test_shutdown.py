@@ -1,0 +1,363 @@
+"""The `kerrera` command as an operator runs it: real node processes, real signals, a real
+PostgreSQL. Evidence comes from the database and from the file the workers append to."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from acceptance.nodeworkers import hand_over, read_events, traced, traced_sync
+
+from kerrera import Job, JobState, Kerrera
+from kerrera.migrations import LATEST_VERSION
+
+T = TypeVar("T")
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+KERRERA = Path(sys.executable).parent / "kerrera"
+
+
+def until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+        time.sleep(interval)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    parts = [str(TESTS_DIR), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.pop("KERRERA_DATABASE_URL", None)
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+class Node:
+    """One `kerrera` process; its stderr is collected line by line by a thread."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [str(KERRERA), *args], env=_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self._lines: list[str] = []
+        self._out: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self._lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                into.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def stderr(self) -> str:
+        with self._changed:
+            return "\n".join(self._lines)
+
+    @property
+    def stdout(self) -> str:
+        with self._changed:
+            return "\n".join(self._out)
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> None:
+        """Wait until a stderr line contains `text`; fail early if the process exits."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self._lines):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {text!r} on stderr within {timeout}s:\n"
+                                         + "\n".join(self._lines))
+                if self.proc.poll() is not None and not self._readers[0].is_alive():
+                    raise AssertionError(f"node exited ({self.proc.returncode}) before "
+                                         f"printing {text!r}:\n" + "\n".join(self._lines))
+                self._changed.wait(min(left, 0.1))
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, within `timeout` seconds (fails otherwise); output fully read."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"node still running after {timeout}s:\n{self.stderr}") from None
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def run(dsn: str, prefix: str) -> Iterator[Callable[..., Node]]:
+    """Start `kerrera <command> --dsn <test db> --prefix <test schema> ...`; processes
+    still alive at teardown are killed."""
+    nodes: list[Node] = []
+
+    def start(command: str, *args: str) -> Node:
+        node = Node([command, "--dsn", dsn, "--prefix", prefix, *args])
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.kill()
+
+
+@pytest.fixture
+def start_node(run: Callable[..., Node]) -> Callable[..., Node]:
+    """Start a worker node on the test schema running acceptance.nodeworkers' workers, and
+    wait until it says it runs its queues."""
+
+    def start(*, queues: str = "default:5", grace: float = 1.0, name: str | None = None,
+              extra: tuple[str, ...] = ()) -> Node:  # fmt: skip
+        args = ["--queues", queues, "--module", "acceptance.nodeworkers",
+                "--shutdown-grace-period", str(grace), *extra]
+        if name is not None:
+            args += ["--node", name]
+        node = run("start", *args)
+        node.wait_for("running queues")
+        return node
+
+    return start
+
+
+@pytest.fixture
+def client(dsn: str, prefix: str) -> Kerrera:
+    """An app with no queues, for inserting and reading jobs (through `.sync`)."""
+    return Kerrera(dsn, prefix=prefix)
+
+
+def _jobs(client: Kerrera, jobs: list[Job]) -> dict[int, Job]:
+    found = {}
+    for job in jobs:
+        assert job.id is not None
+        now = client.sync.get_job(job.id)
+        assert now is not None, f"job {job.id} was lost"
+        found[job.id] = now
+    return found
+
+
+def _started(path: Path, tags: set[str]) -> bool:
+    return tags <= {tag for event, tag, _, _ in read_events(path) if event == "start"}
+
+
+# -- draining on SIGTERM ---------------------------------------------------------------------
+
+
+def test_sigterm_drains_short_jobs_and_puts_long_ones_back(
+    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+) -> None:
+    grace = 3.0
+    node = start_node(grace=grace, name="drainer")
+    path = tmp_path / "events"
+    short = [traced.new({"path": str(path), "tag": f"short{i}", "seconds": 1.0})
+             for i in range(2)]
+    long = [traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
+            traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60})]
+    short = client.sync.insert_all(short)
+    long = client.sync.insert_all(long)
+    until(lambda: _started(path, {"short0", "short1", "long-async", "long-sync"}))
+    assert not [e for e in read_events(path) if e[0] != "start"], "jobs ended too early"
+
+    signalled = time.monotonic()
+    node.signal(signal.SIGTERM)
+    node.wait_for("shutting down")
+    # Draining: the short jobs finish after the signal. A job inserted now is not taken,
+    # even when a slot frees up.
+    until(lambda: {"short0", "short1"} <= {t for e, t, _, _ in read_events(path)
+                                           if e == "finish"})
+    late = client.sync.insert(traced.new({"path": str(path), "tag": "late", "seconds": 0}))
+
+    code = node.wait(timeout=grace + 10)
+    elapsed = time.monotonic() - signalled
+    assert code == 0, node.stderr
+    assert elapsed >= grace * 0.9, f"exited after {elapsed:.1f}s without waiting the grace"
+    assert "shutting down" in node.stderr
+    assert "kerrera: stopped" in node.stderr
+
+    rows = _jobs(client, [*short, *long, late])
+    for job in short:
+        assert rows[job.id].state is JobState.COMPLETED, rows[job.id]
+        assert rows[job.id].attempt == 1
+    for job in long:  # back to available, attempt not spent: not lost, not executing
+        assert rows[job.id].state is JobState.AVAILABLE, rows[job.id]
+        assert rows[job.id].attempt == 0, rows[job.id]
+        assert rows[job.id].errors == []
+    assert rows[late.id].state is JobState.AVAILABLE and rows[late.id].attempt == 0
+
+    events = read_events(path)
+    assert ("cancelled", "long-async", 1, "drainer") in events  # interrupted, not completed
+    assert not [e for e in events if e[1].startswith("long") and e[0] == "finish"]
+    assert not [e for e in events if e[1] == "late"], "a draining node fetched a new job"
+
+
+def test_released_jobs_run_on_the_next_node(
+    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+) -> None:
+    path = tmp_path / "events"
+    first = start_node(grace=0.5, name="first")
+    job = client.sync.insert(traced.new({"path": str(path), "tag": "long", "seconds": 2.5}))
+    until(lambda: _started(path, {"long"}))
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0, first.stderr
+    assert client.sync.get_job(job.id).state is JobState.AVAILABLE  # type: ignore[union-attr]
+
+    second = start_node(grace=5, name="second")
+    until(lambda: client.sync.get_job(job.id).state is JobState.COMPLETED)  # type: ignore[union-attr]
+    done = client.sync.get_job(job.id)
+    assert done is not None
+    assert done.attempt == 1, "the interrupted run must not have spent an attempt"
+    assert done.attempted_by[0] == "second"
+    assert read_events(path) == [
+        ("start", "long", 1, "first"), ("cancelled", "long", 1, "first"),
+        ("start", "long", 1, "second"), ("finish", "long", 1, "second"),
+    ]
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=10) == 0, second.stderr
+
+
+def test_second_sigterm_stops_at_once(
+    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+) -> None:
+    grace = 30.0
+    node = start_node(grace=grace, name="hurried")
+    path = tmp_path / "events"
+    long = client.sync.insert_all([
+        traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
+        traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60}),
+    ])
+    until(lambda: _started(path, {"long-async", "long-sync"}))
+
+    signalled = time.monotonic()
+    node.signal(signal.SIGTERM)
+    node.wait_for("shutting down")
+    node.signal(signal.SIGTERM)
+    code = node.wait(timeout=10)
+    elapsed = time.monotonic() - signalled
+    assert code == 0, node.stderr
+    assert elapsed < grace / 3, f"took {elapsed:.1f}s to stop after a second SIGTERM"
+    assert "kerrera: stopped" in node.stderr
+
+    rows = _jobs(client, long)
+    for job in long:
+        assert rows[job.id].state is JobState.AVAILABLE, rows[job.id]
+        assert rows[job.id].attempt == 0, rows[job.id]
+    assert ("cancelled", "long-async", 1, "hurried") in read_events(path)
+
+
+def test_sigint_drains_like_sigterm(
+    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+) -> None:
+    node = start_node(grace=5, name="interrupted")
+    path = tmp_path / "events"
+    job = client.sync.insert(traced.new({"path": str(path), "tag": "short", "seconds": 0.5}))
+    until(lambda: _started(path, {"short"}))
+    node.signal(signal.SIGINT)
+    assert node.wait(timeout=10) == 0, node.stderr
+    assert "shutting down" in node.stderr
+    assert "Traceback" not in node.stderr and "KeyboardInterrupt" not in node.stderr
+    done = client.sync.get_job(job.id)
+    assert done is not None and done.state is JobState.COMPLETED
+
+
+# -- several nodes -----------------------------------------------------------------------------
+
+
+def test_job_inserted_by_one_node_runs_on_another(
+    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+) -> None:
+    path = tmp_path / "events"
+    sender = start_node(queues="default:2", name="sender")
+    receiver = start_node(queues="other:2", name="receiver")
+    job = client.sync.insert(hand_over.new({"path": str(path), "tag": "h", "to_queue": "other"}))
+
+    until(lambda: ("finish", "h-next", 1, "receiver") in read_events(path))
+    events = read_events(path)
+    assert ("finish", "h", 1, "sender") in events
+    assert [e for e in events if e[1] == "h-next"] == [("start", "h-next", 1, "receiver"),
+                                                        ("finish", "h-next", 1, "receiver")]
+    assert client.sync.get_job(job.id).state is JobState.COMPLETED  # type: ignore[union-attr]
+    for node in (sender, receiver):
+        node.signal(signal.SIGTERM)
+    for node in (sender, receiver):
+        assert node.wait(timeout=10) == 0, node.stderr
+
+
+# -- schema and migrations -----------------------------------------------------------------------
+
+
+def test_no_migrate_refuses_an_empty_schema(
+    run: Callable[..., Node], sql: Callable[..., list[tuple[Any, ...]]], prefix: str
+) -> None:
+    node = run("start", "--queues", "default:1", "--no-migrate")
+    code = node.wait(timeout=15)
+    assert code != 0
+    assert "kerrera migrate" in node.stderr, node.stderr
+    assert "Traceback" not in node.stderr, node.stderr
+    # Refusing left nothing behind: not even the schema was created.
+    assert sql("SELECT 1 FROM pg_namespace WHERE nspname = %s", (prefix,)) == []
+
+
+def test_migrate_status_down_and_up_again(
+    run: Callable[..., Node], start_node: Callable[..., Node],
+    sql: Callable[..., list[tuple[Any, ...]]], prefix: str,
+) -> None:  # fmt: skip
+    def kerrera(*args: str) -> str:
+        proc = run("migrate", *args)
+        assert proc.wait(timeout=15) == 0, proc.stderr
+        return proc.stdout
+
+    def has_jobs_table() -> bool:
+        return sql("SELECT to_regclass(%s) IS NOT NULL", (f'"{prefix}".oban_jobs',))[0][0]
+
+    assert f"version 0 (latest {LATEST_VERSION})" in kerrera("--status")
+    assert f"now at version {LATEST_VERSION}" in kerrera()
+    assert f"version {LATEST_VERSION} (latest {LATEST_VERSION})" in kerrera("--status")
+    assert has_jobs_table()
+    assert "applied nothing" in kerrera()  # idempotent
+
+    assert f"now at version {LATEST_VERSION - 1}" in kerrera("--down", "1")
+    assert f"version {LATEST_VERSION - 1} (latest" in kerrera("--status")
+
+    # An out-of-date schema is refused with --no-migrate, then accepted once migrated.
+    refused = run("start", "--queues", "default:1", "--no-migrate")
+    assert refused.wait(timeout=15) != 0
+    assert "kerrera migrate" in refused.stderr
+    assert f"now at version {LATEST_VERSION}" in kerrera()
+    node = start_node(extra=("--no-migrate",))
+    node.signal(signal.SIGTERM)
+    assert node.wait(timeout=10) == 0, node.stderr
+
+    assert "now at version 0" in kerrera("--down", str(LATEST_VERSION))
+    assert not has_jobs_table()  # Kerrera created it, so Kerrera removes it

@@ -1,0 +1,1 @@
+"""Test support: scripted workers whose args choose the outcome."""

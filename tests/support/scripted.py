@@ -1,0 +1,112 @@
+"""A scripted worker: its args choose what happens, and every run is recorded.
+
+args: {"do": "ok" | "error" | "cancel" | "snooze" | "record" | "sleep" | "block" |
+       "fail_until" | "exit", "seconds": float, "value": any, "times": int, "key": str}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from kerrera import Cancel, Job, Record, Snooze, Worker, worker
+
+RUNS: list[tuple[int, int, dict[str, Any]]] = []  # (job id, attempt, args)
+_gauge = {"now": 0, "max": 0}
+_gates: dict[str, asyncio.Event] = {}
+_lock = threading.Lock()
+
+
+def reset() -> None:
+    """Forget previous runs (called before each test)."""
+    RUNS.clear()
+    _gauge.update(now=0, max=0)
+    _gates.clear()
+
+
+def release_all() -> None:
+    """Let every blocked job finish."""
+    for gate in _gates.values():
+        gate.set()
+
+
+def gate(key: str) -> asyncio.Event:
+    """The event a `block` job with this key waits for."""
+    return _gates.setdefault(key, asyncio.Event())
+
+
+def max_concurrency() -> int:
+    """The most jobs that ever ran at once in this process since `reset`."""
+    return _gauge["max"]
+
+
+class Scripted(Worker, queue="default", max_attempts=3):
+    """Does what its args say; retries after 0.1 s so tests need not wait for backoff."""
+
+    async def process(self, job: Job) -> object:
+        with _lock:
+            RUNS.append((job.id or 0, job.attempt, dict(job.args)))
+            _gauge["now"] += 1
+            _gauge["max"] = max(_gauge["max"], _gauge["now"])
+        try:
+            return await _act(job)
+        finally:
+            with _lock:
+                _gauge["now"] -= 1
+
+    def backoff(self, job: Job) -> float:
+        return 0.1
+
+
+async def _act(job: Job) -> object:
+    args = job.args
+    action = args.get("do", "ok")
+    if action == "error":
+        raise RuntimeError(args.get("message", "scripted failure"))
+    if action == "fail_until":
+        if job.attempt < args["times"]:
+            raise ValueError(f"failing attempt {job.attempt}")
+        return None
+    if action == "cancel":
+        return Cancel(args.get("reason", "scripted cancel"))
+    if action == "snooze":
+        return Snooze(args.get("seconds", 0)) if job.attempt == 1 else None
+    if action == "record":
+        return Record(args.get("value"))
+    if action == "sleep":
+        await asyncio.sleep(args.get("seconds", 0.05))
+        return None
+    if action == "block":
+        await gate(args["key"]).wait()
+        return None
+    if action == "exit":
+        raise SystemExit(3)
+    return None
+
+
+class Slow(Worker, queue="default", max_attempts=2, timeout=0.2):
+    """Sleeps longer than its timeout."""
+
+    async def process(self, job: Job) -> object:
+        await asyncio.sleep(args_seconds(job))
+        return None
+
+    def backoff(self, job: Job) -> float:
+        return 0.1
+
+
+def args_seconds(job: Job) -> float:
+    return float(job.args.get("seconds", 5))
+
+
+@worker(queue="default", max_attempts=2)
+def sync_job(job: Job) -> object:
+    """A sync worker: runs in the thread pool."""
+    with _lock:
+        RUNS.append((job.id or 0, job.attempt, dict(job.args)))
+    time.sleep(float(job.args.get("seconds", 0.01)))
+    if job.args.get("do") == "error":
+        raise KeyError("sync failure")
+    return Record({"thread": threading.current_thread().name})

@@ -1,0 +1,18 @@
+"""The public names: everything in `__all__` exists, is documented, and the list is sorted."""
+
+from __future__ import annotations
+
+import kerrera
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert kerrera.__all__ == sorted(kerrera.__all__)
+    public = {n for n in dir(kerrera) if not n.startswith("_")} - {
+        "engine", "migrations", "notifier", "queue", "services", "cli",
+    }
+    assert public == set(kerrera.__all__)
+
+
+def test_public_names_have_docstrings() -> None:
+    for name in kerrera.__all__:
+        assert getattr(kerrera, name).__doc__, name
