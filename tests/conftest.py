@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from support import scripted
 
 from kerrera import Kerrera
-from support import scripted
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -39,7 +39,7 @@ async def test_schedule_in_and_scheduled_at(make_app: Any) -> None:
     later = await app.insert(Scripted.new({}, schedule_in=60))
     assert later.state is JobState.SCHEDULED
     assert 55 < (later.scheduled_at - later.inserted_at).total_seconds() <= 61
-    at = datetime.now(timezone.utc) + timedelta(hours=1)
+    at = datetime.now(UTC) + timedelta(hours=1)
     fixed = await app.insert(Scripted.new({}, scheduled_at=at))
     assert fixed.state is JobState.SCHEDULED
     assert abs(fixed.scheduled_at - at.replace(tzinfo=None)) < timedelta(milliseconds=1)

@@ -118,7 +118,9 @@ class Kerrera:
     def engine(self) -> PostgresEngine:
         """The storage engine (available once started or after a first insert)."""
         if self._engine is None:
-            raise RuntimeError("Kerrera is not started: use `async with app` or `await app.start()`")
+            raise RuntimeError(
+                "Kerrera is not started: use `async with app` or `await app.start()`"
+            )
         return self._engine
 
     async def migrate(self) -> list[int]:
@@ -231,7 +233,7 @@ class Kerrera:
     async def retry_job(self, ids: int) -> Job | None: ...
     @overload
     async def retry_job(self, ids: Sequence[int]) -> list[Job]: ...
-    async def retry_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+    async def retry_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Make jobs that are not executing available now (spent attempts get one more)."""
         return _one_or_many(ids, await (await self._open()).retry_jobs(_ids(ids)))
 
@@ -239,7 +241,7 @@ class Kerrera:
     async def cancel_job(self, ids: int) -> Job | None: ...
     @overload
     async def cancel_job(self, ids: Sequence[int]) -> list[Job]: ...
-    async def cancel_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+    async def cancel_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Cancel unfinished jobs; an executing one is stopped on the node that runs it."""
         return _one_or_many(ids, await (await self._open()).cancel_jobs(_ids(ids)))
 
@@ -247,7 +249,7 @@ class Kerrera:
     async def delete_job(self, ids: int) -> Job | None: ...
     @overload
     async def delete_job(self, ids: Sequence[int]) -> list[Job]: ...
-    async def delete_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+    async def delete_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Delete jobs that are not executing; returns what was deleted."""
         return _one_or_many(ids, await (await self._open()).delete_jobs(_ids(ids)))
 
@@ -325,7 +327,7 @@ def _ids(ids: int | Sequence[int]) -> list[int]:
     return [ids] if isinstance(ids, int) else list(ids)
 
 
-def _one_or_many(ids: int | Sequence[int], jobs: list[Job]) -> Job | None | list[Job]:
+def _one_or_many(ids: int | Sequence[int], jobs: list[Job]) -> Job | list[Job] | None:
     if isinstance(ids, int):
         return jobs[0] if jobs else None
     return jobs

@@ -14,11 +14,11 @@ def default_backoff(attempt: int, max_attempts: int, *, jitter: float = 0.1) -> 
     """
     if max_attempts > 20:
         attempt = round(attempt / max_attempts * 20)
-    base = 15 + 2 ** max(attempt, 0)
+    base = float(15 + 2 ** max(attempt, 0))
     return base + base * jitter * random.random()
 
 
 def reconnect_backoff(failures: int, *, base: float = 0.1, cap: float = 10.0) -> float:
     """Jittered exponential delay for reconnecting after `failures` consecutive errors."""
-    delay = min(cap, base * 2 ** min(failures, 20))
+    delay = min(cap, base * 2.0 ** min(failures, 20))
     return delay / 2 + random.random() * delay / 2

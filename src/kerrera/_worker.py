@@ -29,7 +29,6 @@ from kerrera._options import (
 )
 
 
-
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """Defaults a worker gives the jobs it builds, validated when the worker is defined."""
@@ -181,7 +180,7 @@ class FunctionWorker(Worker, abstract=True):
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         # Bind the right flavour of `process` once, so dispatch costs a single call.
-        self.process = func  # type: ignore[method-assign]
+        self.process = func  # type: ignore[method-assign,assignment]
 
     def __call__(self, job: Job) -> Any:
         return self.func(job)

@@ -25,7 +25,9 @@ def parse_queues(text: str) -> dict[str, int]:
         try:
             queues[name.strip()] = int(limit) if limit else 10
         except ValueError:
-            raise ConfigError(f"option '--queues': bad limit in {part!r} (use name:limit)")
+            raise ConfigError(
+                f"option '--queues': bad limit in {part!r} (use name:limit)"
+            ) from None
     return queues
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from kerrera import _json
 from kerrera._job import Job
 from kerrera.engine.base import AckBatch
-from kerrera.engine.statements import Statements, insert_params, job_row
+from kerrera.engine.statements import Statements, insert_params, job_row, saved_jobs
 
 log = logging.getLogger("kerrera.engine")
 
@@ -26,8 +26,12 @@ def _ack_params(acks: AckBatch) -> dict[str, Any]:
     return {
         "done_ids": acks.done_ids,
         "done_attempts": acks.done_attempts,
-        "acks": json.dumps(acks.other, separators=(",", ":")) if acks.other else "[]",
+        "acks": _json.dumps(acks.other) if acks.other else "[]",
     }
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    _json.configure(conn)
 
 
 class PostgresEngine:
@@ -43,7 +47,7 @@ class PostgresEngine:
         self.dsn = dsn
         self.pool = AsyncConnectionPool(
             dsn, min_size=1, max_size=max(pool_size, 2), open=False,
-            kwargs={"autocommit": True}, name=f"kerrera-{prefix}",
+            kwargs={"autocommit": True}, name=f"kerrera-{prefix}", configure=_configure,
             reconnect_timeout=float("inf"),
         )  # fmt: skip
 
@@ -62,14 +66,19 @@ class PostgresEngine:
                 return await cur.fetchall()  # type: ignore[no-any-return]
         async with self.pool.connection() as c, c.cursor(row_factory=job_row) as cur:
             await cur.execute(self.sql[name], params)
-            return await cur.fetchall()  # type: ignore[no-any-return]
+            return await cur.fetchall()
 
     async def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
         out: list[Job] = []
         for start in range(0, len(jobs), INSERT_BATCH):
             chunk = list(jobs[start : start + INSERT_BATCH])
-            out.extend(await self._rows("insert_jobs",
-                                        insert_params(chunk, self.sql.insert_channel), conn))
+            params = insert_params(chunk, self.sql.insert_channel)
+            if conn is not None:
+                rows = await (await conn.execute(self.sql["insert_jobs"], params)).fetchall()
+            else:
+                async with self.pool.connection() as c:
+                    rows = await (await c.execute(self.sql["insert_jobs"], params)).fetchall()
+            out.extend(saved_jobs(chunk, rows))
         return out
 
     async def fetch_jobs(

@@ -6,14 +6,14 @@ the shape of their parameters so the two never drift apart.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from kerrera._job import COLUMNS, Job
+from kerrera import _json
+from kerrera._job import COLUMNS, Job, JobState
 
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -70,7 +70,19 @@ def insert_params(jobs: list[Job], channel: str) -> dict[str, Any]:
         }
         for j in jobs
     ]  # fmt: skip
-    return {"jobs": json.dumps(rows, separators=(",", ":")), "channel": channel}
+    return {"jobs": _json.dumps(rows), "channel": channel}
+
+
+def saved_jobs(jobs: list[Job], rows: list[tuple[Any, ...]]) -> list[Job]:
+    """New `Job` objects for inserted jobs: what the caller gave plus what the database
+    decided (id, state, inserted_at, scheduled_at), without reading args back."""
+    if len(rows) != len(jobs):
+        raise RuntimeError(f"inserted {len(rows)} rows for {len(jobs)} jobs")
+    return [
+        Job(id, JobState(state), j.queue, j.worker, j.args, [], 0, j.max_attempts,
+            inserted_at, scheduled_at, None, None, None, None, j.priority, j.tags, j.meta)
+        for j, (id, state, inserted_at, scheduled_at) in zip(jobs, rows, strict=True)
+    ]
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -15,7 +15,7 @@ import psycopg
 
 from kerrera._job import Job
 from kerrera.engine.postgres import INSERT_BATCH
-from kerrera.engine.statements import Statements, insert_params, job_row
+from kerrera.engine.statements import Statements, insert_params, job_row, saved_jobs
 
 
 class SyncPostgresEngine:
@@ -36,7 +36,7 @@ class SyncPostgresEngine:
     def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
         with self._connection(conn) as c, c.cursor(row_factory=job_row) as cur:
             cur.execute(self.sql[name], params)
-            return cur.fetchall()  # type: ignore[no-any-return]
+            return cur.fetchall()
 
     def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
         """Insert jobs, one statement per batch."""
@@ -44,8 +44,9 @@ class SyncPostgresEngine:
         with self._connection(conn) as c:
             for start in range(0, len(jobs), INSERT_BATCH):
                 chunk = list(jobs[start : start + INSERT_BATCH])
-                out.extend(self._rows("insert_jobs",
-                                      insert_params(chunk, self.sql.insert_channel), c))
+                params = insert_params(chunk, self.sql.insert_channel)
+                rows = c.execute(self.sql["insert_jobs"], params).fetchall()
+                out.extend(saved_jobs(chunk, rows))
         return out
 
     def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:

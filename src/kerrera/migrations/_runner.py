@@ -89,7 +89,9 @@ def migrate_up(
     return applied
 
 
-def migrate_down(conn: psycopg.Connection[Any], prefix: str = "public", steps: int = 1) -> list[int]:
+def migrate_down(
+    conn: psycopg.Connection[Any], prefix: str = "public", steps: int = 1
+) -> list[int]:
     """Revert the last `steps` migrations; return the versions reverted."""
     if steps < 1:
         raise ValueError("steps must be >= 1")

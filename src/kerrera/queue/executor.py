@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kerrera._errors import JobTimeoutError, UnknownWorkerError
@@ -136,5 +136,5 @@ def _backoff(job: Job, worker: Worker | None) -> float:
 
 def error_entry(job: Job, text: str) -> dict[str, Any]:
     """An `errors` element as Oban writes it: at (ISO-8601 UTC), attempt, error."""
-    at = datetime.now(timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    at = datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"
     return {"at": at, "attempt": job.attempt, "error": text}

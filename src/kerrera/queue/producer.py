@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kerrera._backoff import reconnect_backoff
@@ -21,6 +20,9 @@ from kerrera.engine.base import AckBatch, Engine
 from kerrera.queue.executor import Executor
 
 log = logging.getLogger("kerrera.producer")
+
+#: Round trips a producer keeps in flight at once (each on its own pooled connection).
+MAX_IN_FLIGHT = 1
 
 
 class Producer:
@@ -46,11 +48,14 @@ class Producer:
         self._stopping = False
         self._killed: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._cycles: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # slots promised to fetches in flight
+        self._failures = 0
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> None:
         """Begin fetching (call on the running loop)."""
-        self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.started_at = datetime.now(UTC).replace(tzinfo=None)
         self._task = asyncio.create_task(self._run(), name=f"kerrera-producer-{self.queue}")
 
     def wake(self) -> None:
@@ -110,13 +115,14 @@ class Producer:
                 await asyncio.wait_for(asyncio.shield(task), 5.0)
             except TimeoutError:
                 task.cancel()
+                for cycle in list(self._cycles):
+                    cycle.cancel()
                 log.error("queue %s: could not write %d final ack(s); the jobs stay "
                           "executing until rescued", self.queue, len(self._acks))
         return released
 
     # -- loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
-        failures = 0
         while True:
             if not self._wake.is_set():
                 try:
@@ -125,34 +131,54 @@ class Producer:
                 except TimeoutError:
                     self._more = True  # the poll tick: look even without a notification
             self._wake.clear()
-            if self._stopping and not self.running and not self._acks:
+            if self._stopping and not (self.running or self._acks or self._cycles):
                 return
+            if len(self._cycles) >= MAX_IN_FLIGHT:
+                continue  # a cycle that ends wakes us again
             demand = self._demand()
+            if self._cycles and demand < self._batch():
+                continue  # overlap only full batches; acks wait for the cycle in flight
             if demand == 0 and not self._acks:
                 continue
             acks, self._acks = self._acks, AckBatch()
-            try:
-                jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node,
-                                                     self.uuid)
-            except Exception as exc:  # the database is away: keep the acks, back off
-                self._acks.extend(acks)
-                failures += 1
-                delay = reconnect_backoff(failures)
-                log.warning("queue %s: fetch failed (%s); retrying in %.2fs",
-                            self.queue, exc, delay)
-                await asyncio.sleep(delay)
-                self._wake.set()
-                continue
-            failures = 0
-            if demand:
-                self._more = len(jobs) >= demand
-            for job in jobs:
-                self.running[job.id] = (job, asyncio.create_task(self._execute(job)))  # type: ignore[index]
+            self._reserved += demand
+            self._cycles.add(asyncio.create_task(self._cycle(demand, acks)))
 
     def _demand(self) -> int:
         if self.paused or self._stopping or not self._more:
             return 0
-        return max(self.limit - len(self.running), 0)
+        free = self.limit - len(self.running) - self._reserved
+        return max(min(free, self._batch()), 0)
+
+    def _batch(self) -> int:
+        # Split the limit across the cycles that may be in flight, so that the database
+        # works on one batch while this process runs the previous one.
+        return -(-self.limit // MAX_IN_FLIGHT)
+
+    async def _cycle(self, demand: int, acks: AckBatch) -> None:
+        """One round trip: write `acks`, claim up to `demand` jobs, start them."""
+        jobs: list[Job] = []
+        try:
+            jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
+            self._failures = 0
+            if demand:
+                self._more = len(jobs) >= demand
+        except Exception as exc:  # the database is away: keep the acks, back off
+            self._acks.extend(acks)
+            self._failures += 1
+            delay = reconnect_backoff(self._failures)
+            log.warning("queue %s: fetch failed (%s); retrying in %.2fs", self.queue, exc, delay)
+            await asyncio.sleep(delay)
+        finally:
+            # Release the reservation and register the jobs in one synchronous step, so
+            # the limit holds at every await point.
+            self._reserved -= demand
+            # Leave the in-flight set now, not in a done callback: the loop that this
+            # wakes must already see the slot free.
+            self._cycles.discard(asyncio.current_task())
+            for job in jobs:
+                self.running[job.id] = (job, asyncio.create_task(self._execute(job)))  # type: ignore[index]
+            self._wake.set()
 
     async def _execute(self, job: Job) -> None:
         try:

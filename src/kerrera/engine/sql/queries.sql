@@ -19,12 +19,15 @@ WITH input AS (
            ::{prefix}.oban_job_state,
          queue, worker, args, meta, coalesce(tags, '{}'), priority, max_attempts, due
   FROM input ORDER BY ord
-  RETURNING {cols}
+  RETURNING id, state, inserted_at, scheduled_at, queue
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
 )
-SELECT ins.* FROM ins, notified ORDER BY ins.id;
+-- Ids are drawn in input order (rows reach the insert sorted by ord), so sorting by id
+-- gives the input order back; only the columns the database decided are returned.
+SELECT ins.id, ins.state, ins.inserted_at, ins.scheduled_at
+FROM ins, notified ORDER BY ins.id;
 
 -- name: fetch_jobs
 -- Acks of finished jobs and the next fetch, in one statement and one round trip.
