@@ -95,6 +95,23 @@ async def test_cancelling_an_executing_job_stops_it(make_app: Any) -> None:
         assert (await app.get_job(job.id)).state is JobState.CANCELLED
 
 
+async def test_jobs_from_a_lost_fetch_reply_are_reclaimed(make_app: Any, sql: Any) -> None:
+    app = make_app(queues={"default": 1})
+    async with app:
+        producer = app.producers["default"]
+        app.pause_queue("default")
+        job = await app.insert(Scripted.new({}))
+        # What a fetch that committed but whose reply was lost leaves behind:
+        sql("UPDATE oban_jobs SET state = 'executing', attempt = 1, "
+            "attempted_by = ARRAY[%s, %s] WHERE id = %s", (app.node, producer.uuid, job.id))
+        producer._failures = 1  # the producer saw that fetch fail
+        app.resume_queue("default")
+        await eventually(lambda: _state_is(app, job.id, JobState.COMPLETED))
+    done = await make_app().get_job(job.id)
+    assert done.attempt == 1  # the lost fetch did not spend an attempt
+    assert [r[0] for r in scripted.RUNS] == [job.id]
+
+
 async def test_retry_cancel_delete(make_app: Any) -> None:
     app = make_app(queues={"default": 2}, stage_interval=0.1)
     async with app:

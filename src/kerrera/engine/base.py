@@ -50,6 +50,9 @@ class Engine(Protocol):
     async def ack_jobs(self, acks: AckBatch) -> None:
         """Write `acks` (and release interrupted jobs) without fetching."""
 
+    async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
+        """Put back jobs this producer fetched but never received; return how many."""
+
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         """Make due scheduled/retryable jobs available; return counts by queue."""
 

@@ -105,6 +105,13 @@ class PostgresEngine:
             })  # fmt: skip
         acks.released_ids, acks.released_attempts = [], []
 
+    async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
+        async with self.pool.connection() as c:
+            cur = await c.execute(self.sql["reclaim_jobs"],
+                                  {"queue": queue, "producer": producer, "running": list(running)})
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         async with self.pool.connection() as c:
             cur = await c.execute(self.sql["stage_jobs"],

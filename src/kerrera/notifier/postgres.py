@@ -83,6 +83,7 @@ class PostgresNotifier:
                 self._set_status(True)
                 async for note in self._conn.notifies():
                     self._dispatch(note.channel, note.payload)
+                raise psycopg.OperationalError("the notification connection closed")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let the notifier die: log, back off, retry
@@ -92,9 +93,6 @@ class PostgresNotifier:
                 log.warning("notifier connection failed (%s); retrying in %.2fs", exc, delay)
                 await self._close()
                 await asyncio.sleep(delay)
-            else:  # notifies() ended: the connection closed under us
-                self._set_status(False)
-                await self._close()
 
     def _dispatch(self, channel: str, raw: str) -> None:
         try:

@@ -159,6 +159,12 @@ class Producer:
         """One round trip: write `acks`, claim up to `demand` jobs, start them."""
         jobs: list[Job] = []
         try:
+            if self._failures and len(self._cycles) == 1:
+                reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid,
+                                                            list(self.running))
+                if reclaimed:
+                    log.warning("queue %s: put back %d job(s) whose fetch reply was lost",
+                                self.queue, reclaimed)
             jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
             self._failures = 0
             if demand:

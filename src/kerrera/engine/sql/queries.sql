@@ -111,6 +111,19 @@ WITH released AS (
 )
 SELECT released.id FROM released, notified;
 
+-- name: reclaim_jobs
+-- After a fetch whose reply was lost (the connection died after the commit), jobs may be
+-- marked executing by this producer without it knowing. Only this producer can hold
+-- them, so anything it is not running goes back to available, attempt not spent.
+WITH reclaimed AS (
+  UPDATE {prefix}.oban_jobs
+  SET state = 'available', attempt = attempt - 1
+  WHERE state = 'executing' AND queue = %(queue)s AND attempted_by[2] = %(producer)s
+    AND NOT (id = ANY(%(running)s::bigint[]))
+  RETURNING id
+)
+SELECT count(*) FROM reclaimed;
+
 -- name: stage_jobs
 -- Move due scheduled and retryable jobs to available, in bounded batches, and notify
 -- each queue that received jobs (in the same transaction).
