@@ -29,6 +29,7 @@ class JobState(enum.StrEnum):
         return self in _TERMINAL
 
 
+_STATES: dict[str, JobState] = {s.value: s for s in JobState}
 _TERMINAL = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 
 #: Column order used by every statement that returns whole jobs.
@@ -89,7 +90,7 @@ class Job:
     def from_row(cls, row: tuple[Any, ...]) -> Job:
         """Build a job from a row in `COLUMNS` order (the engine's row factory)."""
         job = cls(*row)
-        job.state = JobState(job.state)
+        job.state = _STATES[job.state]  # type: ignore[index]
         if job.tags is None:
             job.tags = []
         if job.meta is None:

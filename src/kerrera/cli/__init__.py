@@ -86,6 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KerreraError as exc:
         print(f"kerrera: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"kerrera: error: database: {first}", file=sys.stderr)
+        return 2
     return 0  # pragma: no cover - argparse requires a command
 
 

