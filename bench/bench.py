@@ -605,7 +605,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event loop (auto: uvloop if installed)",
     )
     p.add_argument("--out", help="also append the JSON lines to this file")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{insert,process,latency,backlog}")
 
     pi = sub.add_parser("insert", help="bulk insert N jobs with insert_all")
     pi.add_argument("n", type=int)

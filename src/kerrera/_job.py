@@ -90,7 +90,7 @@ class Job:
     def from_row(cls, row: tuple[Any, ...]) -> Job:
         """Build a job from a row in `COLUMNS` order (the engine's row factory)."""
         job = cls(*row)
-        job.state = _STATES[job.state]  # type: ignore[index]
+        job.state = _STATES[job.state]
         if job.tags is None:
             job.tags = []
         if job.meta is None:

@@ -226,8 +226,8 @@ def test_released_jobs_run_on_the_next_node(
     start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
 ) -> None:
     path = tmp_path / "events"
-    first = start_node(grace=0.5, name="first")
-    job = client.sync.insert(traced.new({"path": str(path), "tag": "long", "seconds": 2.5}))
+    first = start_node(grace=0.3, name="first")
+    job = client.sync.insert(traced.new({"path": str(path), "tag": "long", "seconds": 1.5}))
     until(lambda: _started(path, {"long"}))
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 0, first.stderr
@@ -279,7 +279,7 @@ def test_second_sigterm_stops_at_once(
 def test_sigint_drains_like_sigterm(
     start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
 ) -> None:
-    node = start_node(grace=5, name="interrupted")
+    node = start_node(grace=30, name="interrupted")  # ends when the job does, not at 30 s
     path = tmp_path / "events"
     job = client.sync.insert(traced.new({"path": str(path), "tag": "short", "seconds": 0.5}))
     until(lambda: _started(path, {"short"}))
