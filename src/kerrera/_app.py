@@ -178,6 +178,9 @@ class Kerrera:
         """Stop fetching, wait up to `grace` (default `shutdown_grace_period`) for running
         jobs, put the rest back to available, and close. Returns how many were put back."""
         if not self._running:
+            if self._engine is not None:  # used only to insert: close its pool
+                await self._engine.close()
+                self._engine = None
             return 0
         self._running = False
         grace = self.config.shutdown_grace_period if grace is None else grace

@@ -29,10 +29,9 @@ class JobState(enum.StrEnum):
         return self in _TERMINAL
 
 
-_STATES: dict[str, JobState] = {s.value: s for s in JobState}
 _TERMINAL = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 
-#: Column order used by every statement that returns whole jobs.
+#: The columns of `oban_jobs`, in table order (the order of `Job`'s first fields).
 COLUMNS: tuple[str, ...] = (
     "id", "state", "queue", "worker", "args", "errors", "attempt", "max_attempts",
     "inserted_at", "scheduled_at", "attempted_at", "completed_at", "attempted_by",
@@ -85,14 +84,3 @@ class Job:
 
     def __hash__(self) -> int:
         return hash(self.id) if self.id is not None else id(self)
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Job:
-        """Build a job from a row in `COLUMNS` order (the engine's row factory)."""
-        job = cls(*row)
-        job.state = _STATES[job.state]
-        if job.tags is None:
-            job.tags = []
-        if job.meta is None:
-            job.meta = {}
-        return job

@@ -13,7 +13,13 @@ from psycopg_pool import AsyncConnectionPool
 from kerrera import _json
 from kerrera._job import Job
 from kerrera.engine.base import AckBatch
-from kerrera.engine.statements import Statements, insert_params, job_row, saved_jobs
+from kerrera.engine.statements import (
+    Statements,
+    array_literal,
+    insert_params,
+    job_row,
+    saved_jobs,
+)
 
 log = logging.getLogger("kerrera.engine")
 
@@ -24,8 +30,8 @@ INSERT_BATCH = 5000
 
 def _ack_params(acks: AckBatch) -> dict[str, Any]:
     return {
-        "done_ids": acks.done_ids,
-        "done_attempts": acks.done_attempts,
+        "done_ids": array_literal(acks.done_ids),
+        "done_attempts": array_literal(acks.done_attempts),
         "acks": _json.dumps(acks.other) if acks.other else "[]",
     }
 

@@ -144,6 +144,17 @@ class Producer:
             self._reserved += demand
             self._cycles.add(asyncio.create_task(self._cycle(demand, acks)))
 
+    def _held(self, carried: AckBatch) -> list[int]:
+        """Jobs this producer knows: running, or finished with their ack not yet written
+        (in this cycle or waiting for the next). Reclaiming any of them would run a
+        finished job again."""
+        held = set(self.running)
+        for batch in (carried, self._acks):
+            held.update(batch.done_ids)
+            held.update(a["id"] for a in batch.other)
+            held.update(batch.released_ids)
+        return list(held)
+
     def _demand(self) -> int:
         if self.paused or self._stopping or not self._more:
             return 0
@@ -161,7 +172,7 @@ class Producer:
         try:
             if self._failures and len(self._cycles) == 1:
                 reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid,
-                                                            list(self.running))
+                                                            self._held(acks))
                 if reclaimed:
                     log.warning("queue %s: put back %d job(s) whose fetch reply was lost",
                                 self.queue, reclaimed)

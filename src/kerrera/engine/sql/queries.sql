@@ -1,6 +1,7 @@
 -- Kerrera's named queries. Each block starts with "-- name: <name>". {prefix} is the
 -- schema, a validated identifier substituted once when the engine starts; everything
--- else is a bound parameter. {cols} is the job column list in kerrera._job.COLUMNS order.
+-- else is a bound parameter. {cols} / {jcols} are the job columns as the engine reads
+-- them (see statements.py).
 
 -- name: insert_jobs
 -- One statement per batch: rows arrive as one JSON array (a single parameter, parsed by
