@@ -101,3 +101,44 @@ async def test_invalid_jobs_are_refused_before_the_database(make_app: Any) -> No
     with pytest.raises(ConfigError, match="Job objects"):
         await app.insert_all([{"worker": "x"}])  # type: ignore[list-item]
     assert await app.insert_all([]) == []
+
+
+async def test_bulk_copy_keeps_awkward_values_exactly(make_app: Any, sql: Any) -> None:
+    awkward = {"text": 'tab\there\nnew "line" \\ back\\slash \r', "emoji": "🎧", "n": None}
+    tags = ['a "quoted" tag', "back\\slash", "comma,tag"]
+    jobs = [Scripted.new({**awkward, "i": i}, tags=tags, meta={"m": "\t"}) for i in range(300)]
+    app = make_app()
+    saved = await app.insert_all(jobs)
+    rows = sql("SELECT id, args, tags, meta, state::text, inserted_at, scheduled_at "
+               "FROM oban_jobs ORDER BY id")
+    assert [r[0] for r in rows] == [j.id for j in saved]
+    assert all(r[1] == {**awkward, "i": i} for i, r in enumerate(rows))
+    assert all(r[2] == [t.lower() for t in tags] and r[3] == {"m": "\t"} for r in rows)
+    assert all(r[4] == "available" for r in rows)
+    assert saved[0].inserted_at == rows[0][5] and saved[0].scheduled_at == rows[0][6]
+
+
+async def test_mixed_bulk_batch_keeps_input_order(make_app: Any) -> None:
+    app = make_app()
+    jobs = [Scripted.new({"i": i}, schedule_in=60 if i % 7 == 0 else None) for i in range(600)]
+    saved = await app.insert_all(jobs)
+    assert [j.args["i"] for j in saved] == list(range(600))
+    assert all((j.state is JobState.SCHEDULED) == (j.args["i"] % 7 == 0) for j in saved)
+    for job in saved[:10]:
+        assert (await app.get_job(job.id)).args == job.args
+
+
+async def test_bulk_copy_rolls_back_with_the_callers_transaction(
+    make_app: Any, dsn: str, sql: Any
+) -> None:
+    app = make_app()
+    await app.migrate()
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await app.insert_all([Scripted.new({"i": i}) for i in range(500)], conn=conn)
+                raise RuntimeError("abort")
+        async with conn.transaction():
+            kept = await app.insert_all([Scripted.new({"i": i}) for i in range(500)], conn=conn)
+    assert sql("SELECT count(*) FROM oban_jobs")[0][0] == 500
+    assert sorted(r[0] for r in sql("SELECT id FROM oban_jobs")) == [j.id for j in kept]

@@ -16,9 +16,12 @@ from kerrera.engine.base import AckBatch
 from kerrera.engine.statements import (
     Statements,
     array_literal,
+    copied_jobs,
+    copy_rows,
     insert_params,
     job_row,
     saved_jobs,
+    split_due,
 )
 
 log = logging.getLogger("kerrera.engine")
@@ -26,6 +29,9 @@ log = logging.getLogger("kerrera.engine")
 #: Jobs per insert statement in `insert_all`: large enough to amortise the round trip,
 #: small enough that one JSON parameter stays a few megabytes.
 INSERT_BATCH = 5000
+#: From this many jobs due now, a batch goes through COPY (three round trips, but about
+#: twice the rows per second of INSERT ... RETURNING); below it, one INSERT statement.
+COPY_FROM = 200
 
 
 def _ack_params(acks: AckBatch) -> dict[str, Any]:
@@ -75,17 +81,47 @@ class PostgresEngine:
             return await cur.fetchall()
 
     async def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
-        out: list[Job] = []
-        for start in range(0, len(jobs), INSERT_BATCH):
-            chunk = list(jobs[start : start + INSERT_BATCH])
-            params = insert_params(chunk, self.sql.insert_channel)
-            if conn is not None:
-                rows = await (await conn.execute(self.sql["insert_jobs"], params)).fetchall()
+        if conn is not None:
+            return await self._insert_on(conn, jobs)
+        async with self.pool.connection() as c:
+            return await self._insert_on(c, jobs)
+
+    async def _insert_on(self, conn: Any, jobs: Sequence[Job]) -> list[Job]:
+        saved: dict[int, Job] = {}
+        now, later = split_due(jobs)
+        for start in range(0, len(now), INSERT_BATCH):
+            chunk = now[start : start + INSERT_BATCH]
+            if len(chunk) >= COPY_FROM:
+                made = await self._copy(conn, [jobs[i] for i in chunk])
             else:
-                async with self.pool.connection() as c:
-                    rows = await (await c.execute(self.sql["insert_jobs"], params)).fetchall()
-            out.extend(saved_jobs(chunk, rows))
-        return out
+                made = await self._insert_rows(conn, [jobs[i] for i in chunk])
+            saved.update(zip(chunk, made, strict=True))
+        for start in range(0, len(later), INSERT_BATCH):
+            chunk = later[start : start + INSERT_BATCH]
+            made = await self._insert_rows(conn, [jobs[i] for i in chunk])
+            saved.update(zip(chunk, made, strict=True))
+        return [saved[i] for i in range(len(jobs))]
+
+    async def _insert_rows(self, conn: Any, jobs: list[Job]) -> list[Job]:
+        params = insert_params(jobs, self.sql.insert_channel)
+        rows = await (await conn.execute(self.sql["insert_jobs"], params)).fetchall()
+        return saved_jobs(jobs, rows)
+
+    async def _copy(self, conn: Any, jobs: list[Job]) -> list[Job]:
+        # One transaction (a savepoint inside the caller's): ids and the timestamp the
+        # defaults use, the rows, the notification. Nothing is read back.
+        async with conn.transaction():
+            cur = await conn.execute(self.sql["reserve_ids"],
+                                     {"table": self.sql.table, "n": len(jobs)})
+            ids_text, at = await cur.fetchone()
+            ids = [int(i) for i in ids_text.split(",")]
+            async with conn.cursor().copy(self.sql["copy_jobs"]) as copy:
+                for row in copy_rows(ids, jobs):
+                    await copy.write_row(row)
+            await conn.execute(self.sql["notify_queues"], {
+                "channel": self.sql.insert_channel, "queues": sorted({j.queue for j in jobs}),
+            })  # fmt: skip
+        return copied_jobs(ids, at, jobs)
 
     async def fetch_jobs(
         self, queue: str, demand: int, acks: AckBatch, node: str, producer: str

@@ -7,6 +7,7 @@ the shape of their parameters so the two never drift apart.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -69,6 +70,7 @@ class Statements:
             .replace("{jcols}", jcols)
             for name, body in _raw_queries().items()
         }
+        self.table = f"{quoted}.oban_jobs"
         self.insert_channel = f"{self.prefix}.oban_insert"
         self.signal_channel = f"{self.prefix}.oban_signal"
         self.leader_channel = f"{self.prefix}.oban_leader"
@@ -99,6 +101,34 @@ def saved_jobs(jobs: list[Job], rows: list[tuple[Any, ...]]) -> list[Job]:
         Job(id, JobState(state), j.queue, j.worker, j.args, [], 0, j.max_attempts,
             inserted_at, scheduled_at, None, None, None, None, j.priority, j.tags, j.meta)
         for j, (id, state, inserted_at, scheduled_at) in zip(jobs, rows, strict=True)
+    ]
+
+
+def split_due(jobs: Sequence[Job]) -> tuple[list[int], list[int]]:
+    """Positions of jobs due now (COPY-able: every default applies) and of the others."""
+    now: list[int] = []
+    later: list[int] = []
+    for i, job in enumerate(jobs):
+        (later if job.scheduled_at is not None or job.schedule_in else now).append(i)
+    return now, later
+
+
+def copy_rows(ids: list[int], jobs: list[Job]) -> list[tuple[Any, ...]]:
+    """The COPY rows of jobs due now, in `copy_jobs` column order (psycopg escapes them)."""
+    dumps = _json.dumps
+    return [
+        (id_, j.queue, j.worker, dumps(j.args), dumps(j.meta), j.tags, j.priority,
+         j.max_attempts)
+        for id_, j in zip(ids, jobs, strict=True)
+    ]
+
+
+def copied_jobs(ids: list[int], at: datetime, jobs: list[Job]) -> list[Job]:
+    """The `Job` objects of a COPY: available, inserted and scheduled at `at`."""
+    return [
+        Job(id_, JobState.AVAILABLE, j.queue, j.worker, j.args, [], 0, j.max_attempts,
+            at, at, None, None, None, None, j.priority, j.tags, j.meta)
+        for id_, j in zip(ids, jobs, strict=True)
     ]
 
 

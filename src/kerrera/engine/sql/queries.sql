@@ -30,6 +30,23 @@ WITH input AS (
 SELECT ins.id, ins.state, ins.inserted_at, ins.scheduled_at
 FROM ins, notified ORDER BY ins.id;
 
+-- name: reserve_ids
+-- Bulk insert by COPY, step 1 (inside one transaction): draw the ids, and read the
+-- transaction's timestamp, which is what the inserted_at/scheduled_at defaults will use.
+SELECT string_agg(id::text, ',' ORDER BY id), timezone('UTC', now())
+FROM (SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) AS id
+      FROM generate_series(1, %(n)s)) ids;
+
+-- name: copy_jobs
+-- Bulk insert by COPY, step 2: every other column takes its default (available, now).
+COPY {prefix}.oban_jobs (id, queue, worker, args, meta, tags, priority, max_attempts)
+FROM STDIN;
+
+-- name: notify_queues
+-- Bulk insert by COPY, step 3, still in the transaction: wake each queue's producers.
+SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q)::text || '}'))
+FROM unnest(%(queues)s::text[]) AS q;
+
 -- name: fetch_jobs
 -- Acks of finished jobs and the next fetch, in one statement and one round trip.
 -- Every ack is guarded by state and attempt so that a stale executor never overwrites a
