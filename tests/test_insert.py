@@ -92,6 +92,7 @@ def test_sync_api_inserts_without_an_event_loop(dsn: str, prefix: str, sql: Any)
     assert app.sync.retry_job([kept.id])[0].state is JobState.AVAILABLE
     assert app.sync.delete_job(kept.id).id == kept.id
     assert app.sync.get_job(kept.id) is None
+    app.sync.close()
 
 
 async def test_invalid_jobs_are_refused_before_the_database(make_app: Any) -> None:

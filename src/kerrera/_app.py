@@ -14,6 +14,7 @@ import psycopg
 from kerrera._config import Config
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError, SchemaError
+from kerrera._ids import as_ids, one_or_many
 from kerrera._job import Job
 from kerrera._options import check_queue
 from kerrera._sync import SyncKerrera
@@ -238,7 +239,7 @@ class Kerrera:
     async def retry_job(self, ids: Sequence[int]) -> list[Job]: ...
     async def retry_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Make jobs that are not executing available now (spent attempts get one more)."""
-        return _one_or_many(ids, await (await self._open()).retry_jobs(_ids(ids)))
+        return one_or_many(ids, await (await self._open()).retry_jobs(as_ids(ids)))
 
     @overload
     async def cancel_job(self, ids: int) -> Job | None: ...
@@ -246,7 +247,7 @@ class Kerrera:
     async def cancel_job(self, ids: Sequence[int]) -> list[Job]: ...
     async def cancel_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Cancel unfinished jobs; an executing one is stopped on the node that runs it."""
-        return _one_or_many(ids, await (await self._open()).cancel_jobs(_ids(ids)))
+        return one_or_many(ids, await (await self._open()).cancel_jobs(as_ids(ids)))
 
     @overload
     async def delete_job(self, ids: int) -> Job | None: ...
@@ -254,7 +255,7 @@ class Kerrera:
     async def delete_job(self, ids: Sequence[int]) -> list[Job]: ...
     async def delete_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Delete jobs that are not executing; returns what was deleted."""
-        return _one_or_many(ids, await (await self._open()).delete_jobs(_ids(ids)))
+        return one_or_many(ids, await (await self._open()).delete_jobs(as_ids(ids)))
 
     def pause_queue(self, queue: str) -> None:
         """Stop fetching new jobs of `queue` on this node; running jobs go on."""
@@ -324,16 +325,6 @@ def check_jobs(jobs: Iterable[Job]) -> list[Job]:
             raise ConfigError(f"job at position {index}: option 'queue' must be 1..127 "
                               "characters")
     return batch
-
-
-def _ids(ids: int | Sequence[int]) -> list[int]:
-    return [ids] if isinstance(ids, int) else list(ids)
-
-
-def _one_or_many(ids: int | Sequence[int], jobs: list[Job]) -> Job | list[Job] | None:
-    if isinstance(ids, int):
-        return jobs[0] if jobs else None
-    return jobs
 
 
 def _migrate_sync(dsn: str, prefix: str) -> list[int]:

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from kerrera._ids import as_ids, one_or_many
 from kerrera._job import Job
 from kerrera.engine.sync import SyncPostgresEngine
 
 if TYPE_CHECKING:
     from kerrera._app import Kerrera
+
 
 
 class SyncKerrera:
@@ -40,6 +42,11 @@ class SyncKerrera:
             self._engine = SyncPostgresEngine(dsn, prefix)
         return self._engine
 
+    def close(self) -> None:
+        """Close the connections this sync face holds (it reopens them when used again)."""
+        if self._engine is not None:
+            self._engine.close()
+
     def migrate(self) -> list[int]:
         """Bring the schema up to date; return the versions applied."""
         from kerrera._app import _migrate_sync
@@ -66,22 +73,12 @@ class SyncKerrera:
 
     def retry_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Make jobs that are not executing available now."""
-        return _pick(ids, self._open().retry_jobs(_as_list(ids)))
+        return one_or_many(ids, self._open().retry_jobs(as_ids(ids)))
 
     def cancel_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Cancel unfinished jobs."""
-        return _pick(ids, self._open().cancel_jobs(_as_list(ids)))
+        return one_or_many(ids, self._open().cancel_jobs(as_ids(ids)))
 
     def delete_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Delete jobs that are not executing."""
-        return _pick(ids, self._open().delete_jobs(_as_list(ids)))
-
-
-def _as_list(ids: int | Sequence[int]) -> list[int]:
-    return [ids] if isinstance(ids, int) else list(ids)
-
-
-def _pick(ids: int | Sequence[int], jobs: list[Job]) -> Job | list[Job] | None:
-    if isinstance(ids, int):
-        return jobs[0] if jobs else None
-    return jobs
+        return one_or_many(ids, self._open().delete_jobs(as_ids(ids)))

@@ -133,11 +133,12 @@ class PostgresEngine:
         return await self._rows("fetch_jobs", params)
 
     async def ack_jobs(self, acks: AckBatch) -> None:
-        async with self.pool.connection() as c:
-            if acks.done_ids or acks.other:
-                await c.execute(self.sql["ack_jobs"], _ack_params(acks))
         if acks.released_ids:
             await self._release(acks)
+        if acks.done_ids or acks.other:
+            params = _ack_params(acks)
+            params.update(queue="", demand=0, node="", producer="")
+            await self._rows("fetch_jobs", params)
 
     async def _release(self, acks: AckBatch) -> None:
         async with self.pool.connection() as c:

@@ -2,7 +2,7 @@
 
 It runs the same named statements as the async engine, on the caller's `psycopg.Connection`
 when given (so a job commits or rolls back with the caller's transaction), otherwise on a
-short-lived autocommit connection of its own.
+small pool of its own, opened on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
+from kerrera import _json
 from kerrera._job import Job
 from kerrera.engine.postgres import INSERT_BATCH
 from kerrera.engine.statements import Statements, insert_params, job_row, saved_jobs
@@ -21,17 +23,31 @@ from kerrera.engine.statements import Statements, insert_params, job_row, saved_
 class SyncPostgresEngine:
     """Insert and manage jobs from synchronous code."""
 
-    def __init__(self, dsn: str, prefix: str = "public") -> None:
+    def __init__(self, dsn: str, prefix: str = "public", *, pool_size: int = 4) -> None:
         self.sql = Statements(prefix)
         self.dsn = dsn
+        self._pool_size = pool_size
+        self._pool: ConnectionPool[Any] | None = None
 
     @contextmanager
     def _connection(self, conn: Any) -> Iterator[psycopg.Connection[Any]]:
         if conn is not None:
             yield conn
             return
-        with psycopg.connect(self.dsn, autocommit=True) as own:
+        if self._pool is None:
+            self._pool = ConnectionPool(
+                self.dsn, min_size=1, max_size=self._pool_size, open=True,
+                kwargs={"autocommit": True}, configure=_json.configure,
+                name=f"kerrera-sync-{self.sql.prefix}",
+            )  # fmt: skip
+        with self._pool.connection() as own:
             yield own
+
+    def close(self) -> None:
+        """Close the pool (a later call opens a new one)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
         with self._connection(conn) as c, c.cursor(row_factory=job_row) as cur:

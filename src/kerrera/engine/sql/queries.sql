@@ -50,7 +50,7 @@ FROM unnest(%(queues)s::text[]) AS q;
 -- name: fetch_jobs
 -- Acks of finished jobs and the next fetch, in one statement and one round trip.
 -- Every ack is guarded by state and attempt so that a stale executor never overwrites a
--- job that was rescued, cancelled or re-run meanwhile.
+-- job that was rescued, cancelled or re-run meanwhile. With demand 0 it only acks.
 WITH completed AS (
   UPDATE {prefix}.oban_jobs j
   SET state = 'completed', completed_at = timezone('UTC', now())
@@ -87,32 +87,6 @@ SET state = 'executing', attempt = j.attempt + 1, attempted_at = timezone('UTC',
 FROM locked, acked
 WHERE j.id = locked.id
 RETURNING {jcols};
-
--- name: ack_jobs
--- The same acks without a fetch, for a producer that is shutting down.
-WITH completed AS (
-  UPDATE {prefix}.oban_jobs j
-  SET state = 'completed', completed_at = timezone('UTC', now())
-  FROM unnest(%(done_ids)s::bigint[], %(done_attempts)s::int[]) AS a(id, attempt)
-  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
-  RETURNING j.id
-), finished AS (
-  UPDATE {prefix}.oban_jobs j
-  SET state = a.state::{prefix}.oban_job_state,
-      completed_at = CASE WHEN a.state = 'completed' THEN timezone('UTC', now()) ELSE j.completed_at END,
-      discarded_at = CASE WHEN a.state = 'discarded' THEN timezone('UTC', now()) ELSE j.discarded_at END,
-      cancelled_at = CASE WHEN a.state = 'cancelled' THEN timezone('UTC', now()) ELSE j.cancelled_at END,
-      scheduled_at = CASE WHEN a.delay IS NULL THEN j.scheduled_at
-                          ELSE timezone('UTC', now()) + make_interval(secs => a.delay) END,
-      max_attempts = j.max_attempts + CASE WHEN a.snooze THEN 1 ELSE 0 END,
-      errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END,
-      meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE coalesce(j.meta, '{}') || a.meta END
-  FROM json_to_recordset(%(acks)s::json)
-    AS a(id bigint, attempt int, state text, delay float8, snooze bool, error jsonb, meta jsonb)
-  WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
-  RETURNING j.id
-)
-SELECT (SELECT count(*) FROM completed) + (SELECT count(*) FROM finished);
 
 -- name: release_jobs
 -- Put jobs that were interrupted by shutdown back to available without spending their
