@@ -178,15 +178,17 @@ def _started(path: Path, tags: set[str]) -> bool:
 def test_sigterm_drains_short_jobs_and_puts_long_ones_back(
     start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
 ) -> None:
-    grace = 3.0
+    grace = 4.0
     node = start_node(grace=grace, name="drainer")
     path = tmp_path / "events"
-    short = [traced.new({"path": str(path), "tag": f"short{i}", "seconds": 1.0})
+    short = [traced.new({"path": str(path), "tag": f"short{i}", "seconds": 2.0})
              for i in range(2)]
     long = [traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
             traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60})]
-    short = client.sync.insert_all(short)
+    # The long jobs go in first so that the short ones, started last, are still running
+    # when the signal comes (they take 2 s; the signal follows their start at once).
     long = client.sync.insert_all(long)
+    short = client.sync.insert_all(short)
     until(lambda: _started(path, {"short0", "short1", "long-async", "long-sync"}))
     assert not [e for e in read_events(path) if e[0] != "start"], "jobs ended too early"
 
