@@ -63,6 +63,23 @@ async def test_insert_commits_and_rolls_back_with_the_callers_transaction(
     assert rows == [(kept.id, "commit")]
 
 
+async def test_insert_works_on_a_connection_with_another_row_factory(
+    make_app: Any, dsn: str
+) -> None:
+    from psycopg.rows import dict_row
+
+    app = make_app()
+    await app.migrate()
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
+        one = await app.insert(Scripted.new({"n": 1}), conn=conn)
+        many = await app.insert_all([Scripted.new({"n": i}) for i in range(300)], conn=conn)
+    with psycopg.connect(dsn, row_factory=dict_row) as sync_conn:
+        sync_one = Kerrera(dsn, prefix=app.config.prefix).sync.insert(Scripted.new({}),
+                                                                      conn=sync_conn)
+    assert isinstance(one.id, int) and len(many) == 300 and isinstance(sync_one.id, int)
+    assert (await app.get_job(many[-1].id)).args == {"n": 299}
+
+
 async def test_transactional_insert_is_invisible_until_commit(
     make_app: Any, dsn: str
 ) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from kerrera import _json
@@ -104,16 +105,20 @@ class PostgresEngine:
 
     async def _insert_rows(self, conn: Any, jobs: list[Job]) -> list[Job]:
         params = insert_params(jobs, self.sql.insert_channel)
-        rows = await (await conn.execute(self.sql["insert_jobs"], params)).fetchall()
+        # The caller's connection may have any row factory: read plain tuples.
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(self.sql["insert_jobs"], params)
+            rows = await cur.fetchall()
         return saved_jobs(jobs, rows)
 
     async def _copy(self, conn: Any, jobs: list[Job]) -> list[Job]:
         # One transaction (a savepoint inside the caller's): ids and the timestamp the
         # defaults use, the rows, the notification. Nothing is read back.
         async with conn.transaction():
-            cur = await conn.execute(self.sql["reserve_ids"],
-                                     {"table": self.sql.table, "n": len(jobs)})
-            ids_text, at = await cur.fetchone()
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                params = {"table": self.sql.table, "n": len(jobs)}
+                await cur.execute(self.sql["reserve_ids"], params)
+                ids_text, at = await cur.fetchone()
             ids = [int(i) for i in ids_text.split(",")]
             async with conn.cursor().copy(self.sql["copy_jobs"]) as copy:
                 for row in copy_rows(ids, jobs):

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from kerrera import _json
@@ -61,7 +62,8 @@ class SyncPostgresEngine:
             for start in range(0, len(jobs), INSERT_BATCH):
                 chunk = list(jobs[start : start + INSERT_BATCH])
                 params = insert_params(chunk, self.sql.insert_channel)
-                rows = c.execute(self.sql["insert_jobs"], params).fetchall()
+                with c.cursor(row_factory=tuple_row) as cur:  # any caller row factory
+                    rows = cur.execute(self.sql["insert_jobs"], params).fetchall()
                 out.extend(saved_jobs(chunk, rows))
         return out
 
