@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,9 @@ class Snooze:
     seconds: float
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seconds, int | float) or self.seconds < 0:
-            raise ValueError(f"Snooze seconds must be a number >= 0, got {self.seconds!r}")
+        ok = isinstance(self.seconds, int | float) and not isinstance(self.seconds, bool)
+        if not ok or not math.isfinite(self.seconds) or self.seconds < 0:
+            raise ValueError(f"Snooze seconds must be a finite number >= 0, got {self.seconds!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,3 +110,20 @@ def sync_job(job: Job) -> object:
     if job.args.get("do") == "error":
         raise KeyError("sync failure")
     return Record({"thread": threading.current_thread().name})
+
+
+class Awkward(Worker, queue="default", max_attempts=2):
+    """Outcomes that the database could refuse if they were written as they are."""
+
+    async def process(self, job: Job) -> object:
+        what = job.args["what"]
+        if what == "nul_error":
+            raise RuntimeError("bad \x00 byte")
+        if what == "nul_record":
+            return Record({"text": "a\x00b"})
+        if what == "snooze_forever":
+            return Snooze(1e300) if job.attempt == 1 else None
+        raise RuntimeError("fails, with a backoff that is not a number")
+
+    def backoff(self, job: Job) -> float:
+        return float("nan") if job.args["what"] == "nan_backoff" else 0.05

@@ -9,12 +9,13 @@ job itself) or a small dict describing any other outcome, in the shape the engin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
 import traceback
 from datetime import UTC, datetime
 from typing import Any
 
+from kerrera import _json
 from kerrera._errors import JobTimeoutError, UnknownWorkerError
 from kerrera._job import Job
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
@@ -22,6 +23,10 @@ from kerrera._worker import Worker, resolve_worker
 from kerrera.queue.threads import DaemonThreadPool
 
 log = logging.getLogger("kerrera.executor")
+
+#: The longest retry or snooze delay written (about 31 years): past it an interval
+#: overflows, and an ack that cannot be written would hold back every ack bundled with it.
+MAX_DELAY = 1e9
 
 
 class Executor:
@@ -81,10 +86,13 @@ def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:
         return cancelled(job, result.reason)
     if isinstance(result, Record):
         try:
-            json.dumps(result.value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            text = _json.dumps(result.value)
+        except TypeError as exc:
             error = TypeError(f"Record value is not JSON-serialisable: {exc}")
             return failure(job, worker, error, with_traceback=False)
+        if "\\u0000" in text:  # jsonb cannot store NUL characters
+            nul = ValueError("Record value contains a NUL character, which jsonb cannot store")
+            return failure(job, worker, nul, with_traceback=False)
         return {"id": job.id, "attempt": job.attempt, "state": "completed",
                 "meta": {"recorded": True, "return": result.value}}
     return None  # any other value: completed, the value is not kept
@@ -99,7 +107,8 @@ def snoozed(job: Job, seconds: float) -> dict[str, Any]:
     """
     count = int(job.meta.get("snoozed", 0)) + 1 if isinstance(job.meta, dict) else 1
     return {"id": job.id, "attempt": job.attempt, "state": "scheduled",
-            "delay": float(seconds), "snooze": True, "meta": {"snoozed": count}}
+            "delay": min(float(seconds), MAX_DELAY), "snooze": True,
+            "meta": {"snoozed": count}}
 
 
 def cancelled(job: Job, reason: str) -> dict[str, Any]:
@@ -131,10 +140,27 @@ def _backoff(job: Job, worker: Worker | None) -> float:
     except Exception:
         log.exception("backoff() of %s failed; using the default", job.worker)
         return default_backoff(job.attempt, job.max_attempts)
-    return max(delay, 0.0)
+    if not math.isfinite(delay):
+        log.error("backoff() of %s returned %r; using the default", job.worker, delay)
+        return default_backoff(job.attempt, job.max_attempts)
+    return min(max(delay, 0.0), MAX_DELAY)
+
+
+def unwritable(ack: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """A plain replacement for an ack the database refused: same end state, no delay
+    or meta, and an error that says what happened (it is written next cycle)."""
+    state = ack["state"] if ack["state"] != "scheduled" else "retryable"
+    log.error("the outcome of job %s could not be written (%s); recording an error", ack["id"],
+              exc)
+    at = datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"
+    text = f"kerrera: the job's outcome could not be recorded: {exc}"
+    return {"id": ack["id"], "attempt": ack["attempt"], "state": state, "delay": 0.0,
+            "error": {"at": at, "attempt": ack["attempt"], "error": text.replace("\x00", "")}}
 
 
 def error_entry(job: Job, text: str) -> dict[str, Any]:
     """An `errors` element as Oban writes it: at (ISO-8601 UTC), attempt, error."""
     at = datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"
-    return {"at": at, "attempt": job.attempt, "error": text}
+    # jsonb rejects NUL characters; one in an exception message must not make the ack
+    # (and every ack bundled with it) fail.
+    return {"at": at, "attempt": job.attempt, "error": text.replace("\x00", "\\x00")}

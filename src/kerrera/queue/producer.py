@@ -17,7 +17,8 @@ from typing import Any
 from kerrera._backoff import reconnect_backoff
 from kerrera._job import Job
 from kerrera.engine.base import AckBatch, Engine
-from kerrera.queue.executor import Executor
+from kerrera.engine.errors import is_transient
+from kerrera.queue.executor import Executor, unwritable
 
 log = logging.getLogger("kerrera.producer")
 
@@ -144,6 +145,24 @@ class Producer:
             self._reserved += demand
             self._cycles.add(asyncio.create_task(self._cycle(demand, acks)))
 
+    async def _ack_separately(self, acks: AckBatch) -> None:
+        batches = [AckBatch(done_ids=acks.done_ids, done_attempts=acks.done_attempts,
+                            released_ids=acks.released_ids,
+                            released_attempts=acks.released_attempts)]
+        batches += [AckBatch(other=[ack]) for ack in acks.other]
+        for i, batch in enumerate(batches):
+            try:
+                await self._engine.ack_jobs(batch)
+            except Exception as exc:
+                if is_transient(exc):  # the connection went after all: retry them later
+                    for rest in batches[i:]:
+                        self._acks.extend(rest)
+                    return
+                self._acks.other.extend(unwritable(ack, exc) for ack in batch.other)
+                if not batch.other:
+                    log.error("queue %s: could not write %d ack(s): %s; the jobs stay "
+                              "executing until rescued", self.queue, len(batch), exc)
+
     def _held(self, carried: AckBatch) -> list[int]:
         """Jobs this producer knows: running, or finished with their ack not yet written
         (in this cycle or waiting for the next). Reclaiming any of them would run a
@@ -181,7 +200,12 @@ class Producer:
             if demand:
                 self._more = len(jobs) >= demand
         except Exception as exc:  # the database is away: keep the acks, back off
-            self._acks.extend(acks)
+            if acks and not is_transient(exc):
+                # Not a lost connection: perhaps one ack the database refuses. Write them
+                # one by one so that it cannot hold back the others forever.
+                await self._ack_separately(acks)
+            else:
+                self._acks.extend(acks)
             self._failures += 1
             delay = reconnect_backoff(self._failures)
             log.warning("queue %s: fetch failed (%s); retrying in %.2fs", self.queue, exc, delay)
