@@ -80,7 +80,8 @@ async def test_pause_resume_and_scale(make_app: Any, sql: Any) -> None:
         await eventually(lambda: sql("SELECT count(*) = 6 FROM oban_jobs "
                                      "WHERE state = 'completed'")[0][0])
         check = app.check_queue("default")
-    assert check["limit"] == 3 and check["paused"] is False and check["running"] == []
+    assert check["started"] is True
+    assert check["limit"] == 3 and check["paused"] is False and check["running"] == 0 and check["running_ids"] == []
     assert scripted.max_concurrency() == 3
 
 
@@ -88,10 +89,10 @@ async def test_cancelling_an_executing_job_stops_it(make_app: Any) -> None:
     app = make_app(queues={"default": 2})
     async with app:
         job = await app.insert(Scripted.new({"do": "block", "key": "forever"}))
-        await eventually(lambda: job.id in app.check_queue("default")["running"])
+        await eventually(lambda: job.id in app.check_queue("default")["running_ids"])
         cancelled = await app.cancel_job(job.id)
         assert cancelled.state is JobState.CANCELLED
-        await eventually(lambda: app.check_queue("default")["running"] == [])
+        await eventually(lambda: app.check_queue("default")["running"] == 0)
         assert (await app.get_job(job.id)).state is JobState.CANCELLED
 
 
@@ -139,7 +140,7 @@ async def test_stop_puts_unfinished_jobs_back_without_spending_an_attempt(
     app = make_app(queues={"default": 2})
     await app.start()
     job = await app.insert(Scripted.new({"do": "block", "key": "never"}))
-    await eventually(lambda: job.id in app.check_queue("default")["running"])
+    await eventually(lambda: job.id in app.check_queue("default")["running_ids"])
     released = await app.stop(grace=0.2)
     assert released == 1
     checker = make_app()
@@ -151,7 +152,7 @@ async def test_stop_waits_for_jobs_within_the_grace_period(make_app: Any) -> Non
     app = make_app(queues={"default": 2})
     await app.start()
     job = await app.insert(Scripted.new({"do": "sleep", "seconds": 0.3}))
-    await eventually(lambda: job.id in app.check_queue("default")["running"])
+    await eventually(lambda: job.id in app.check_queue("default")["running_ids"])
     assert await app.stop(grace=5) == 0
     checker = make_app()
     assert (await checker.get_job(job.id)).state is JobState.COMPLETED

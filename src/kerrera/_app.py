@@ -272,7 +272,8 @@ class Kerrera:
         self._producer(queue).scale(limit)
 
     def check_queue(self, queue: str) -> dict[str, Any]:
-        """`queue` on this node: limit, running job ids, paused, node, started_at."""
+        """`queue` on this node: `limit`, `running` (a count), `running_ids`, `paused`,
+        `started`, `node`, `uuid` (the producer's, as in `attempted_by`), `started_at`."""
         return self._producer(queue).check()
 
     @property

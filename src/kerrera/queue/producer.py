@@ -91,7 +91,8 @@ class Producer:
         """This producer's state, for `check_queue`."""
         return {
             "queue": self.queue, "node": self.node, "uuid": self.uuid, "limit": self.limit,
-            "running": sorted(self.running), "paused": self.paused,
+            "running": len(self.running), "running_ids": sorted(self.running),
+            "paused": self.paused, "started": self._task is not None and not self._stopping,
             "started_at": self.started_at,
         }  # fmt: skip
 
