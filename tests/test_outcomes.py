@@ -152,3 +152,33 @@ async def test_unknown_worker_is_an_error_on_the_job(make_app: Any) -> None:
     assert attr_done.state is JobState.DISCARDED
     assert "has no worker Nope" in attr_done.errors[0]["error"]
     assert after_done.state is JobState.COMPLETED
+
+
+async def test_completing_inside_the_workers_transaction(make_app: Any, sql: Any) -> None:
+    from support.scripted import Transactional
+
+    app = make_app(queues={"default": 2}, stage_interval=0.1)
+    await app.migrate()
+    sql(f'CREATE TABLE "{app.config.prefix}".effects (job_id bigint)')
+    async with app:
+        committed = await app.insert(Transactional.new({"crash_after_commit": True}))
+        aborted = await app.insert(Transactional.new({"abort": True}, max_attempts=1))
+        done = await _finish(app, committed.id, TERMINAL)
+        failed = await _finish(app, aborted.id, TERMINAL)
+    # Committed with its effect; the exception raised afterwards changed nothing.
+    assert done.state is JobState.COMPLETED and done.errors == []
+    assert failed.state is JobState.DISCARDED  # rolled back: no effect, and it failed
+    effects = [r[0] for r in sql("SELECT job_id FROM effects")]
+    assert effects == [committed.id]
+    assert [r[2]["owned"] for r in scripted.RUNS] == [True, True]
+
+
+async def test_complete_job_refuses_an_attempt_that_lost_the_job(make_app: Any, dsn: str) -> None:
+    import psycopg
+
+    app = make_app()
+    job = await app.insert(Scripted.new({}))
+    running = job  # never fetched: not executing, so this attempt owns nothing
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        assert await app.complete_job(running, conn=conn) is False
+    assert (await app.get_job(job.id)).state is JobState.AVAILABLE

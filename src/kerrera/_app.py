@@ -227,6 +227,23 @@ class Kerrera:
         engine = await self._open()
         return await engine.insert_jobs(batch, conn)
 
+    async def complete_job(self, job: Job, *, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Mark the running `job` completed inside the caller's transaction on `conn`.
+
+        This gives an exactly-once *effect*: the job's own writes and its completion commit
+        or roll back together. It returns False when this attempt no longer owns the job
+        (cancelled, or put back and run elsewhere): roll back then.
+
+        Example (inside a worker):
+            async with conn.transaction():
+                await conn.execute("UPDATE accounts SET paid = true WHERE id = %s", (n,))
+                if not await current_app().complete_job(job, conn=conn):
+                    raise RuntimeError("lost the job; rolling back")
+        """
+        if job.id is None:
+            raise ConfigError("complete_job needs a saved, running job")
+        return await (await self._open()).complete_job(job.id, job.attempt, conn)
+
     # -- managing -------------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""

@@ -66,6 +66,15 @@ class SyncKerrera:
         batch = check_jobs(jobs)
         return self._open().insert_jobs(batch, conn) if batch else []
 
+    def complete_job(self, job: Job, *, conn: psycopg.Connection[Any]) -> bool:
+        """Mark the running `job` completed inside the caller's transaction (see
+        `Kerrera.complete_job`); False when this attempt no longer owns the job."""
+        if job.id is None:
+            from kerrera._errors import ConfigError
+
+            raise ConfigError("complete_job needs a saved, running job")
+        return self._open().complete_job(job.id, job.attempt, conn)
+
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
         found = self._open().get_jobs([job_id])

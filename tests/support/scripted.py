@@ -127,3 +127,25 @@ class Awkward(Worker, queue="default", max_attempts=2):
 
     def backoff(self, job: Job) -> float:
         return float("nan") if job.args["what"] == "nan_backoff" else 0.05
+
+
+class Transactional(Worker, queue="default", max_attempts=3):
+    """Writes a row and completes itself in the same transaction; may then fail."""
+
+    async def process(self, job: Job) -> object:
+        import psycopg
+
+        from kerrera import current_app
+
+        app = current_app()
+        conn = await psycopg.AsyncConnection.connect(app.dsn)
+        async with conn, conn.transaction():
+            await conn.execute(f'INSERT INTO "{app.config.prefix}".effects (job_id) '
+                               "VALUES (%s)", (job.id,))
+            owned = await app.complete_job(job, conn=conn)
+            RUNS.append((job.id or 0, job.attempt, {"owned": owned}))
+            if job.args.get("abort"):
+                raise RuntimeError("the rest of the work failed")
+        if job.args.get("crash_after_commit"):
+            raise RuntimeError("failed after committing: the job stays completed")
+        return None

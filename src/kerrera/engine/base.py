@@ -56,6 +56,9 @@ class Engine(Protocol):
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         """Make due scheduled/retryable jobs available; return counts by queue."""
 
+    async def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
+        """Complete a running attempt on the caller's connection; False if it lost it."""
+
     async def get_jobs(self, ids: Sequence[int]) -> list[Job]:
         """Read jobs by id."""
 

@@ -166,6 +166,11 @@ class PostgresEngine:
                                   {"limit": limit, "channel": self.sql.insert_channel})
             return {queue: int(n) for queue, n, _ in await cur.fetchall()}
 
+    async def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(self.sql["complete_job"], {"id": job_id, "attempt": attempt})
+            return await cur.fetchone() is not None
+
     async def get_jobs(self, ids: Sequence[int]) -> list[Job]:
         return await self._rows("get_jobs", {"ids": list(ids)})
 

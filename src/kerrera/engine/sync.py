@@ -67,6 +67,12 @@ class SyncPostgresEngine:
                 out.extend(saved_jobs(chunk, rows))
         return out
 
+    def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
+        """Complete a running attempt on the caller's connection; False if it lost it."""
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(self.sql["complete_job"], {"id": job_id, "attempt": attempt})
+            return cur.fetchone() is not None
+
     def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Read jobs by id."""
         return self._rows("get_jobs", {"ids": list(ids)}, conn)

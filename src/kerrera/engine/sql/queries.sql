@@ -135,6 +135,15 @@ WITH due AS (
 SELECT queue, n, pg_notify(%(channel)s, '{"queue":' || to_json(queue)::text || '}')::text
 FROM counted;
 
+-- name: complete_job
+-- Complete a running job inside the caller's transaction (exactly-once effect): guarded
+-- like every ack, so it succeeds only while this attempt still owns the job, and the
+-- executor's own ack afterwards matches nothing.
+UPDATE {prefix}.oban_jobs
+SET state = 'completed', completed_at = timezone('UTC', now())
+WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s
+RETURNING id;
+
 -- name: get_jobs
 SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
