@@ -4,8 +4,9 @@ Define workers, insert jobs (alone, in bulk, or inside your own transaction) and
 on any number of nodes with per-queue concurrency, retries and scheduling.
 """
 
-from kerrera._app import Kerrera, current_app
+from kerrera._app import Kerrera
 from kerrera._backoff import default_backoff
+from kerrera._context import current_app
 from kerrera._errors import (
     ConfigError,
     JobTimeoutError,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -12,36 +11,20 @@ from typing import Any, overload
 import psycopg
 
 from kerrera._config import Config
+from kerrera._context import _CURRENT
 from kerrera._embedded import resolve_dsn
-from kerrera._errors import ConfigError, SchemaError
+from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
 from kerrera._job import Job
-from kerrera._options import check_queue
+from kerrera._options import check_jobs, check_queue
+from kerrera._schema import check_schema, migrate_sync
 from kerrera._sync import SyncKerrera
 from kerrera.engine.postgres import PostgresEngine
-from kerrera.migrations import LATEST_VERSION, current_version, migrate_up
 from kerrera.notifier import IsolatedNotifier, Notifier, PostgresNotifier
 from kerrera.queue import DaemonThreadPool, Executor, Producer
 from kerrera.services import Stager
 
 log = logging.getLogger("kerrera")
-
-_CURRENT: contextvars.ContextVar[Kerrera] = contextvars.ContextVar("kerrera_app")
-
-
-def current_app() -> Kerrera:
-    """The `Kerrera` instance started in this context: inside a job, the one running it.
-
-    Example (a pipeline step enqueuing the next):
-        @worker(queue="media")
-        async def download(job: Job) -> None:
-            await current_app().insert(separate.new({"track": job.args["track"]}))
-    """
-    try:
-        return _CURRENT.get()
-    except LookupError:
-        raise RuntimeError("no Kerrera instance was started in this context") from None
-
 
 class Kerrera:
     """A Kerrera instance: inserts jobs and, when it has queues, runs them.
@@ -127,7 +110,7 @@ class Kerrera:
     async def migrate(self) -> list[int]:
         """Bring the schema up to date; return the migration versions applied."""
         dsn = await asyncio.to_thread(lambda: self.dsn)
-        return await asyncio.to_thread(_migrate_sync, dsn, self.config.prefix)
+        return await asyncio.to_thread(migrate_sync, dsn, self.config.prefix)
 
     async def _open(self) -> PostgresEngine:
         if self._engine is not None:
@@ -138,9 +121,9 @@ class Kerrera:
             if self._engine is None:
                 dsn = await asyncio.to_thread(lambda: self.dsn)
                 if self.config.migrate:
-                    await asyncio.to_thread(_migrate_sync, dsn, self.config.prefix)
+                    await asyncio.to_thread(migrate_sync, dsn, self.config.prefix)
                 else:
-                    await asyncio.to_thread(_check_schema, dsn, self.config.prefix)
+                    await asyncio.to_thread(check_schema, dsn, self.config.prefix)
                 engine = PostgresEngine(dsn, self.config.prefix, pool_size=self.config.pool_size)
                 await engine.open()
                 self._engine = engine
@@ -327,34 +310,3 @@ class Kerrera:
         if up:  # catch up on anything inserted while we were deaf
             for producer in self.producers.values():
                 producer.wake()
-
-
-def check_jobs(jobs: Iterable[Job]) -> list[Job]:
-    """Reject what the table would reject, naming the job and the option."""
-    batch = list(jobs)
-    for index, job in enumerate(batch):
-        if not isinstance(job, Job):
-            raise ConfigError(f"insert expects Job objects (from Worker.new), got {job!r} "
-                              f"at position {index}")
-        if not job.worker or len(job.worker) > 127:
-            raise ConfigError(f"job at position {index}: option 'worker' must be 1..127 "
-                              "characters")
-        if not job.queue or len(job.queue) > 127:
-            raise ConfigError(f"job at position {index}: option 'queue' must be 1..127 "
-                              "characters")
-    return batch
-
-
-def _migrate_sync(dsn: str, prefix: str) -> list[int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return migrate_up(conn, prefix)
-
-
-def _check_schema(dsn: str, prefix: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        version = current_version(conn, prefix)
-    if version < LATEST_VERSION:
-        raise SchemaError(
-            f"the Kerrera schema in {prefix!r} is at version {version}, this Kerrera needs "
-            f"{LATEST_VERSION}: run `kerrera migrate` (or start with migrate=True)"
-        )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from kerrera import _json
 from kerrera._errors import ConfigError
+from kerrera._job import Job
 
 _NAME_MAX = 127  # the table's queue_length / worker_length check constraints
 
@@ -91,3 +92,19 @@ def check_schedule(
         if scheduled_at.tzinfo is not None:
             scheduled_at = scheduled_at.astimezone(UTC).replace(tzinfo=None)
     return scheduled_at, None
+
+
+def check_jobs(jobs: Iterable[Job]) -> list[Job]:
+    """Reject what the table would reject, naming the job and the option."""
+    batch = list(jobs)
+    for index, job in enumerate(batch):
+        if not isinstance(job, Job):
+            raise ConfigError(f"insert expects Job objects (from Worker.new), got {job!r} "
+                              f"at position {index}")
+        if not job.worker or len(job.worker) > 127:
+            raise ConfigError(f"job at position {index}: option 'worker' must be 1..127 "
+                              "characters")
+        if not job.queue or len(job.queue) > 127:
+            raise ConfigError(f"job at position {index}: option 'queue' must be 1..127 "
+                              "characters")
+    return batch

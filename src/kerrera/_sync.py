@@ -32,13 +32,13 @@ class SyncKerrera:
 
     def _open(self) -> SyncPostgresEngine:
         if self._engine is None:
-            from kerrera._app import _check_schema, _migrate_sync
+            from kerrera._schema import check_schema, migrate_sync
 
             dsn, prefix = self._app.dsn, self._app.config.prefix
             if self._app.config.migrate:
-                _migrate_sync(dsn, prefix)
+                migrate_sync(dsn, prefix)
             else:
-                _check_schema(dsn, prefix)
+                check_schema(dsn, prefix)
             self._engine = SyncPostgresEngine(dsn, prefix)
         return self._engine
 
@@ -49,9 +49,9 @@ class SyncKerrera:
 
     def migrate(self) -> list[int]:
         """Bring the schema up to date; return the versions applied."""
-        from kerrera._app import _migrate_sync
+        from kerrera._schema import migrate_sync
 
-        return _migrate_sync(self._app.dsn, self._app.config.prefix)
+        return migrate_sync(self._app.dsn, self._app.config.prefix)
 
     def insert(self, job: Job, *, conn: psycopg.Connection[Any] | None = None) -> Job:
         """Insert one job (on `conn`: inside the caller's transaction)."""
@@ -61,7 +61,7 @@ class SyncKerrera:
         self, jobs: Iterable[Job], *, conn: psycopg.Connection[Any] | None = None
     ) -> list[Job]:
         """Insert many jobs, one statement per batch."""
-        from kerrera._app import check_jobs
+        from kerrera._options import check_jobs
 
         batch = check_jobs(jobs)
         return self._open().insert_jobs(batch, conn) if batch else []
