@@ -67,11 +67,16 @@ def _machine(dsn: str, prefix: str) -> type[RuleBasedStateMachine]:
                 self.model[job.id].update(state="executing", attempt=job.attempt)
                 self.seen_attempts.append((job.id, job.attempt))
 
-        @rule(pick=st.integers(0, 10**6), outcome=st.sampled_from(OUTCOMES))
-        def ack(self, pick: int, outcome: str) -> None:
-            if not self.seen_attempts:
+        @rule(pick=st.integers(0, 10**6), outcome=st.sampled_from(OUTCOMES),
+              stale=st.booleans())
+        def ack(self, pick: int, outcome: str, stale: bool) -> None:
+            # Half the time, an ack from an attempt that is no longer the job's latest:
+            # what a slow executor sends after its job was retried and fetched again.
+            latest = {i: a for i, a in self.seen_attempts}
+            pool = [(i, a) for i, a in self.seen_attempts if (a < latest[i]) == stale]
+            if not pool:
                 return
-            job_id, attempt = self.seen_attempts[pick % len(self.seen_attempts)]
+            job_id, attempt = pool[pick % len(pool)]
             if outcome == "completed":
                 params = {"done_ids": array_literal([job_id]),
                           "done_attempts": array_literal([attempt]), "acks": "[]"}
@@ -93,9 +98,12 @@ def _machine(dsn: str, prefix: str) -> type[RuleBasedStateMachine]:
 
         @rule(pick=st.integers(0, 10**6))
         def retry(self, pick: int) -> None:
-            if not self.model:
+            finished = sorted(i for i, m in self.model.items()
+                              if m["state"] not in ("available", "executing"))
+            candidates = finished or sorted(self.model)
+            if not candidates:
                 return
-            job_id = sorted(self.model)[pick % len(self.model)]
+            job_id = candidates[pick % len(candidates)]
             self._rows("retry_jobs", {"ids": [job_id], "channel": sql.insert_channel})
             model = self.model[job_id]
             if model["state"] != "executing":
@@ -138,8 +146,30 @@ def test_job_transitions_follow_the_model(dsn: str, prefix: str) -> None:
         migrate_up(conn, prefix)
     machine = _machine(dsn, prefix)
     machine.TestCase.settings = settings(
-        max_examples=15, stateful_step_count=25, deadline=None,
+        max_examples=25, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
     pytest.importorskip("hypothesis")
     machine.TestCase().runTest()
+
+
+async def test_a_stale_ack_never_moves_a_job_that_was_fetched_again(make_app: Any) -> None:
+    from kerrera.engine.base import AckBatch
+
+    app = make_app()
+    job = await app.insert(Scripted.new({}))
+    engine = app.engine
+    first = (await engine.fetch_jobs("default", 1, AckBatch(), "n", "p1"))[0]
+    failed = {"id": first.id, "attempt": first.attempt, "state": "retryable", "delay": 0,
+              "error": {"at": "x", "attempt": 1, "error": "e"}}
+    await engine.ack_jobs(AckBatch(other=[failed]))
+    await app.retry_job(job.id)
+    second = (await engine.fetch_jobs("default", 1, AckBatch(), "n", "p2"))[0]
+    assert (second.id, second.attempt) == (job.id, 2)
+    for stale in (AckBatch(done_ids=[job.id], done_attempts=[1]),
+                  AckBatch(other=[{**failed, "state": "discarded"}])):
+        await engine.ack_jobs(stale)  # the first executor, late
+        now = await app.get_job(job.id)
+        assert (now.state.value, now.attempt) == ("executing", 2)
+    await engine.ack_jobs(AckBatch(done_ids=[job.id], done_attempts=[2]))
+    assert (await app.get_job(job.id)).state.value == "completed"
