@@ -22,7 +22,7 @@ from kerrera._sync import SyncKerrera
 from kerrera.engine.postgres import PostgresEngine
 from kerrera.notifier import IsolatedNotifier, Notifier, PostgresNotifier
 from kerrera.queue import DaemonThreadPool, Executor, Producer
-from kerrera.services import Stager
+from kerrera.services import Lifeline, Stager
 
 log = logging.getLogger("kerrera")
 
@@ -42,6 +42,11 @@ class Kerrera:
         putting them back to `available` (their attempt not spent).
       poll_interval (1 s): how often producers look for jobs without a notification.
       stage_interval (1 s): how often due scheduled/retryable jobs are made available.
+      heartbeat_interval (10 s), producer_ttl (30 s), rescue_interval (15 s): a node's
+        producers heartbeat; jobs of producers silent for producer_ttl are rescued
+        (back to available) by the lifeline that runs on every node.
+      rescue_after (3600 s): executing jobs of producers that never heartbeated here (an
+        Elixir node, say) are rescued only after this long.
       pool_size (10): database connections per node.
       sync_threads (sum of limits, at most 64): threads for sync workers.
       data_dir (".kerrera"): where the embedded PostgreSQL keeps its data.
@@ -65,6 +70,10 @@ class Kerrera:
         shutdown_grace_period: float = 15.0,
         poll_interval: float = 1.0,
         stage_interval: float = 1.0,
+        heartbeat_interval: float = 10.0,
+        producer_ttl: float = 30.0,
+        rescue_interval: float = 15.0,
+        rescue_after: float = 3600.0,
         pool_size: int = 10,
         sync_threads: int | None = None,
         data_dir: str = ".kerrera",
@@ -76,7 +85,9 @@ class Kerrera:
         self.config = Config(
             dsn=dsn, queues=queues or {}, prefix=prefix, node=node or "", migrate=migrate,
             shutdown_grace_period=shutdown_grace_period, poll_interval=poll_interval,
-            stage_interval=stage_interval, pool_size=pool_size, sync_threads=sync_threads,
+            stage_interval=stage_interval, heartbeat_interval=heartbeat_interval,
+            producer_ttl=producer_ttl, rescue_interval=rescue_interval,
+            rescue_after=rescue_after, pool_size=pool_size, sync_threads=sync_threads,
             data_dir=data_dir, notifier=notifier,
         )  # fmt: skip
         self.node = self.config.node
@@ -84,6 +95,7 @@ class Kerrera:
         self._engine: PostgresEngine | None = None
         self._notifier: Notifier | None = None
         self._stager: Stager | None = None
+        self._lifeline: Lifeline | None = None
         self._threads: DaemonThreadPool | None = None
         self._open_lock: asyncio.Lock | None = None
         self._dsn: str | None = None
@@ -152,6 +164,13 @@ class Kerrera:
         notifier.on_status(self._on_notifier_status)
         self._notifier = notifier
         await notifier.start()
+        c = self.config
+        self._lifeline = Lifeline(
+            engine, self._producer_rows, heartbeat_interval=c.heartbeat_interval,
+            producer_ttl=c.producer_ttl, rescue_interval=c.rescue_interval,
+            rescue_after=c.rescue_after,
+        )  # fmt: skip
+        await self._lifeline.start()  # heartbeats first: no job is fetched by a nobody
         for producer in self.producers.values():
             producer.start()
         self._stager = Stager(engine, self._wake_queue, interval=self.config.stage_interval)
@@ -171,6 +190,9 @@ class Kerrera:
         if self._stager is not None:
             await self._stager.stop()
         released = sum(await asyncio.gather(*(p.stop(grace) for p in self.producers.values())))
+        if self._lifeline is not None:  # heartbeats went on while the queues drained
+            await self._lifeline.stop([p.uuid for p in self.producers.values()])
+            self._lifeline = None
         if self._notifier is not None:
             await self._notifier.stop()
         if self._threads is not None:
@@ -290,6 +312,9 @@ class Kerrera:
             return self.producers[queue]
         except KeyError:
             raise ConfigError(f"queue {queue!r} is not running on node {self.node}") from None
+
+    def _producer_rows(self) -> list[tuple[str, str, str]]:
+        return [(p.uuid, self.node, p.queue) for p in self.producers.values()]
 
     def _wake_queue(self, queue: str) -> None:
         producer = self.producers.get(queue)

@@ -26,6 +26,10 @@ class Config:
     shutdown_grace_period: float = 15.0
     poll_interval: float = 1.0
     stage_interval: float = 1.0
+    heartbeat_interval: float = 10.0
+    producer_ttl: float = 30.0
+    rescue_interval: float = 15.0
+    rescue_after: float = 3600.0
     pool_size: int = 10
     sync_threads: int | None = None
     data_dir: str = ".kerrera"
@@ -40,8 +44,14 @@ class Config:
         set_(self, "node", _check_node(self.node))
         if not isinstance(self.migrate, bool):
             raise ConfigError(f"option 'migrate' must be True or False, got {self.migrate!r}")
-        for name in ("shutdown_grace_period", "poll_interval", "stage_interval"):
+        for name in ("shutdown_grace_period", "poll_interval", "stage_interval",
+                     "heartbeat_interval", "producer_ttl", "rescue_interval", "rescue_after"):
             _check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace_period")
+        if self.producer_ttl <= self.heartbeat_interval:
+            raise ConfigError(
+                f"option 'producer_ttl' ({self.producer_ttl}) must be longer than "
+                f"'heartbeat_interval' ({self.heartbeat_interval}), or live nodes expire"
+            )
         _check_count("pool_size", self.pool_size)
         if self.sync_threads is not None:
             _check_count("sync_threads", self.sync_threads)

@@ -363,3 +363,32 @@ def test_migrate_status_down_and_up_again(
 
     assert "now at version 0" in kerrera("--down", str(LATEST_VERSION))
     assert not has_jobs_table()  # Kerrera created it, so Kerrera removes it
+
+
+# -- a node that dies -----------------------------------------------------------------------
+
+
+def test_jobs_of_a_killed_node_are_rescued_and_finish_elsewhere(
+    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+) -> None:
+    path = tmp_path / "events"
+    fast = ("--heartbeat-interval", "0.2", "--producer-ttl", "1", "--rescue-interval", "0.2")
+    victim = start_node(name="victim", extra=fast)
+    job = client.sync.insert(traced.new({"path": str(path), "tag": "orphan", "seconds": 1}))
+    until(lambda: _started(path, {"orphan"}))
+    victim.proc.send_signal(signal.SIGKILL)  # no shutdown: the job stays executing
+    victim.wait(timeout=10)
+    assert client.sync.get_job(job.id).state is JobState.EXECUTING  # type: ignore[union-attr]
+
+    survivor = start_node(name="survivor", extra=fast)
+    until(lambda: client.sync.get_job(job.id).state is JobState.COMPLETED,  # type: ignore[union-attr]
+          timeout=20)
+    done = client.sync.get_job(job.id)
+    assert done is not None and done.meta["rescued"] == 1
+    assert done.attempt == 2 and done.attempted_by[0] == "survivor"
+    assert read_events(path) == [
+        ("start", "orphan", 1, "victim"),
+        ("start", "orphan", 2, "survivor"), ("finish", "orphan", 2, "survivor"),
+    ]
+    survivor.signal(signal.SIGTERM)
+    assert survivor.wait(timeout=10) == 0, survivor.stderr

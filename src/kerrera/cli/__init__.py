@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--node", help="node name (hostname-pid)")
     start.add_argument("--shutdown-grace-period", type=float, default=15.0,
                        help="seconds to let running jobs finish on shutdown (15)")
+    start.add_argument("--heartbeat-interval", type=float, default=10.0,
+                       help="seconds between producer heartbeats (10)")
+    start.add_argument("--producer-ttl", type=float, default=30.0,
+                       help="silence after which a node's jobs are rescued (30)")
+    start.add_argument("--rescue-interval", type=float, default=15.0,
+                       help="seconds between lifeline runs (15)")
+    start.add_argument("--rescue-after", type=float, default=3600.0,
+                       help="rescue jobs of producers never seen here after this (3600)")
     start.add_argument("--no-migrate", action="store_true",
                        help="refuse to start on an out-of-date schema instead of migrating")
 
@@ -135,7 +143,9 @@ async def _start(args: argparse.Namespace) -> int:
     app = Kerrera(
         args.dsn, queues=parse_queues(args.queues), prefix=args.prefix, node=args.node,
         migrate=not args.no_migrate, shutdown_grace_period=args.shutdown_grace_period,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
+        producer_ttl=args.producer_ttl, rescue_interval=args.rescue_interval,
+        rescue_after=args.rescue_after,
     )  # fmt: skip
     await run_until_signalled(app)
     return 0

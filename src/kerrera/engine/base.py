@@ -53,6 +53,15 @@ class Engine(Protocol):
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
         """Put back jobs this producer fetched but never received; return how many."""
 
+    async def heartbeat(self, producers: Sequence[tuple[str, str, str]]) -> None:
+        """Record that these producers (uuid, node, queue) are alive."""
+
+    async def forget_producers(self, uuids: Sequence[str]) -> None:
+        """Remove producers that stopped cleanly."""
+
+    async def rescue_jobs(self, ttl: float, rescue_after: float) -> tuple[int, int]:
+        """Rescue orphaned executing jobs; return (jobs rescued, producers expired)."""
+
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         """Make due scheduled/retryable jobs available; return counts by queue."""
 

@@ -160,6 +160,25 @@ class PostgresEngine:
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
+    async def heartbeat(self, producers: Sequence[tuple[str, str, str]]) -> None:
+        async with self.pool.connection() as c:
+            await c.execute(self.sql["heartbeat"], {
+                "uuids": [p[0] for p in producers], "nodes": [p[1] for p in producers],
+                "queues": [p[2] for p in producers],
+            })  # fmt: skip
+
+    async def forget_producers(self, uuids: Sequence[str]) -> None:
+        async with self.pool.connection() as c:
+            await c.execute(self.sql["forget_producers"], {"uuids": list(uuids)})
+
+    async def rescue_jobs(self, ttl: float, rescue_after: float) -> tuple[int, int]:
+        async with self.pool.connection() as c:
+            cur = await c.execute(self.sql["rescue_jobs"], {
+                "ttl": ttl, "rescue_after": rescue_after, "channel": self.sql.insert_channel,
+            })  # fmt: skip
+            row = await cur.fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         async with self.pool.connection() as c:
             cur = await c.execute(self.sql["stage_jobs"],

@@ -29,6 +29,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Oban v14 jobs and peers tables (if absent)", _steps.up_1, _steps.down_1),
     Migration(2, "partial index of scheduled/retryable jobs by due time",
               _steps.up_2, _steps.down_2),
+    Migration(3, "producer heartbeats for the lifeline", _steps.up_3, _steps.down_3),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -86,3 +86,20 @@ def up_2(cur: Any, p: str) -> str:
 
 def down_2(cur: Any, p: str, note: str) -> None:
     cur.execute(f"DROP INDEX IF EXISTS {p}.kerrera_jobs_due_index")
+
+
+def up_3(cur: Any, p: str) -> str:
+    """Producers' heartbeats, so the lifeline can tell a dead node's jobs from live ones."""
+    cur.execute(f"""
+        CREATE TABLE IF NOT EXISTS {p}.kerrera_producers (
+          uuid text PRIMARY KEY,
+          node text NOT NULL,
+          queue text NOT NULL,
+          started_at timestamp NOT NULL DEFAULT timezone('UTC', now()),
+          updated_at timestamp NOT NULL DEFAULT timezone('UTC', now())
+        )""")
+    return ""
+
+
+def down_3(cur: Any, p: str, note: str) -> None:
+    cur.execute(f"DROP TABLE IF EXISTS {p}.kerrera_producers")

@@ -144,6 +144,48 @@ SET state = 'completed', completed_at = timezone('UTC', now())
 WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s
 RETURNING id;
 
+-- name: heartbeat
+-- Every node, every few seconds: its producers are alive (one statement for all).
+INSERT INTO {prefix}.kerrera_producers AS p (uuid, node, queue)
+SELECT * FROM unnest(%(uuids)s::text[], %(nodes)s::text[], %(queues)s::text[])
+ON CONFLICT (uuid) DO UPDATE SET updated_at = timezone('UTC', now());
+
+-- name: forget_producers
+DELETE FROM {prefix}.kerrera_producers WHERE uuid = ANY(%(uuids)s::text[]);
+
+-- name: rescue_jobs
+-- The lifeline. Jobs executing under a producer whose heartbeat expired go back to
+-- available (or are discarded when their attempts are spent), counted in meta.rescued.
+-- Jobs of producers that never heartbeated here (an Elixir node, or a row lost) are
+-- rescued only after rescue_after seconds, so long jobs elsewhere are left alone.
+WITH expired AS (
+  DELETE FROM {prefix}.kerrera_producers
+  WHERE updated_at < timezone('UTC', now()) - make_interval(secs => %(ttl)s)
+  RETURNING uuid
+), orphans AS (
+  SELECT j.id FROM {prefix}.oban_jobs j
+  WHERE j.state = 'executing'
+    AND (j.attempted_by[2] IN (SELECT uuid FROM expired)
+         OR (j.attempted_at < timezone('UTC', now()) - make_interval(secs => %(rescue_after)s)
+             AND NOT EXISTS (SELECT 1 FROM {prefix}.kerrera_producers p
+                             WHERE p.uuid = j.attempted_by[2])))
+  FOR UPDATE SKIP LOCKED
+), rescued AS (
+  UPDATE {prefix}.oban_jobs j
+  SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'
+                   ELSE 'available' END::{prefix}.oban_job_state,
+      discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN timezone('UTC', now())
+                          ELSE j.discarded_at END,
+      meta = coalesce(j.meta, '{}') || jsonb_build_object(
+        'rescued', coalesce((j.meta->>'rescued')::int, 0) + 1)
+  FROM orphans WHERE j.id = orphans.id
+  RETURNING j.queue, j.state
+), notified AS (
+  SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
+  FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') q
+)
+SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM expired) FROM notified;
+
 -- name: get_jobs
 SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
