@@ -110,7 +110,8 @@ async def test_jobs_from_a_lost_fetch_reply_are_reclaimed(make_app: Any, sql: An
         app.resume_queue("default")
         await eventually(lambda: _state_is(app, job.id, JobState.COMPLETED))
     done = await make_app().get_job(job.id)
-    assert done.attempt == 1  # the lost fetch did not spend an attempt
+    # The lost fetch did not spend an attempt: it was given back with max_attempts + 1.
+    assert (done.attempt, done.max_attempts) == (2, job.max_attempts + 1)
     assert [r[0] for r in scripted.RUNS] == [job.id]
 
 
@@ -146,7 +147,9 @@ async def test_stop_puts_unfinished_jobs_back_without_spending_an_attempt(
     assert released == 1
     checker = make_app()
     back = await checker.get_job(job.id)
-    assert back.state is JobState.AVAILABLE and back.attempt == 0
+    assert back.state is JobState.AVAILABLE
+    # Not spent: attempt counts the run, max_attempts gives it back (as a snooze does).
+    assert (back.attempt, back.max_attempts) == (1, job.max_attempts + 1)
 
 
 async def test_stop_waits_for_jobs_within_the_grace_period(make_app: Any) -> None:

@@ -184,6 +184,8 @@ class Kerrera:
             if self._engine is not None:  # used only to insert: close its pool
                 await self._engine.close()
                 self._engine = None
+            if self._sync is not None:
+                self._sync.close()
             return 0
         self._running = False
         grace = self.config.shutdown_grace_period if grace is None else grace
@@ -200,6 +202,8 @@ class Kerrera:
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
+        if self._sync is not None:
+            self._sync.close()
         self.producers.clear()
         log.info("node %s stopped (%d job(s) put back)", self.node, released)
         return released
@@ -327,7 +331,7 @@ class Kerrera:
             self._wake_queue(queue)
 
     def _on_signal(self, _channel: str, message: dict[str, Any]) -> None:
-        if message.get("action") == "pkill" and isinstance(message.get("job_id"), int):
+        if message.get("action") == "pkill" and type(message.get("job_id")) is int:
             for producer in self.producers.values():
                 producer.kill(message["job_id"])
 

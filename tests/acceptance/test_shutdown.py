@@ -168,6 +168,10 @@ def _jobs(client: Kerrera, jobs: list[Job]) -> dict[int, Job]:
     return found
 
 
+def _attempts_left(job: Job) -> int:
+    return job.max_attempts - job.attempt
+
+
 def _started(path: Path, tags: set[str]) -> bool:
     return tags <= {tag for event, tag, _, _ in read_events(path) if event == "start"}
 
@@ -214,7 +218,7 @@ def test_sigterm_drains_short_jobs_and_puts_long_ones_back(
         assert rows[job.id].attempt == 1
     for job in long:  # back to available, attempt not spent: not lost, not executing
         assert rows[job.id].state is JobState.AVAILABLE, rows[job.id]
-        assert rows[job.id].attempt == 0, rows[job.id]
+        assert _attempts_left(rows[job.id]) == job.max_attempts, rows[job.id]
         assert rows[job.id].errors == []
     assert rows[late.id].state is JobState.AVAILABLE and rows[late.id].attempt == 0
 
@@ -239,11 +243,13 @@ def test_released_jobs_run_on_the_next_node(
     until(lambda: client.sync.get_job(job.id).state is JobState.COMPLETED)  # type: ignore[union-attr]
     done = client.sync.get_job(job.id)
     assert done is not None
-    assert done.attempt == 1, "the interrupted run must not have spent an attempt"
+    # attempt counts runs (2); the interrupted one was given back (max_attempts + 1).
+    assert (done.attempt, done.max_attempts) == (2, job.max_attempts + 1)
+    assert _attempts_left(done) == job.max_attempts - 1, "only one attempt was spent"
     assert done.attempted_by[0] == "second"
     assert read_events(path) == [
         ("start", "long", 1, "first"), ("cancelled", "long", 1, "first"),
-        ("start", "long", 1, "second"), ("finish", "long", 1, "second"),
+        ("start", "long", 2, "second"), ("finish", "long", 2, "second"),
     ]
     second.signal(signal.SIGTERM)
     assert second.wait(timeout=10) == 0, second.stderr
@@ -274,7 +280,7 @@ def test_second_sigterm_stops_at_once(
     rows = _jobs(client, long)
     for job in long:
         assert rows[job.id].state is JobState.AVAILABLE, rows[job.id]
-        assert rows[job.id].attempt == 0, rows[job.id]
+        assert _attempts_left(rows[job.id]) == job.max_attempts, rows[job.id]
     assert ("cancelled", "long-async", 1, "hurried") in read_events(path)
 
 

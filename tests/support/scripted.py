@@ -149,3 +149,41 @@ class Transactional(Worker, queue="default", max_attempts=3):
         if job.args.get("crash_after_commit"):
             raise RuntimeError("failed after committing: the job stays completed")
         return None
+
+
+class NeedsArgs(Worker, queue="default", max_attempts=1):
+    """A worker class that cannot be built without arguments."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def process(self, job: Job) -> object:  # pragma: no cover - never built
+        return None
+
+
+class Misbehaving(Worker, queue="default", max_attempts=2):
+    """Raises what a job should not: its own CancelledError, or StopIteration (sync)."""
+
+    async def process(self, job: Job) -> object:
+        RUNS.append((job.id or 0, job.attempt, dict(job.args)))
+        if job.args["what"] == "cancelled_error":
+            raise asyncio.CancelledError()
+        if job.args["what"] == "snooze_with_odd_meta":
+            return Snooze(0) if job.attempt == 1 else None
+        return None
+
+    def backoff(self, job: Job) -> float:
+        return 0.05
+
+
+@worker(queue="default", max_attempts=1)
+def stop_iteration(job: Job) -> object:
+    """A sync worker whose code lets StopIteration escape."""
+    return next(iter([]))
+
+
+@worker(queue="default", max_attempts=1, timeout=1.5)
+def slow_sync(job: Job) -> object:
+    """Takes 0.6 s of its 1.5 s timeout, in a thread."""
+    time.sleep(0.6)
+    return None

@@ -123,7 +123,10 @@ def _migrate(args: argparse.Namespace) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         if args.status:
             print(f"version {current_version(conn, args.prefix)} (latest {LATEST_VERSION})")
-        elif args.down:
+        elif args.down is not None:
+            if args.down < 1:
+                raise ConfigError(f"option '--down' must be a number of steps >= 1, "
+                                  f"got {args.down}")
             done = migrate_down(conn, args.prefix, args.down)
             print(f"reverted {done or 'nothing'}; now at version "
                   f"{current_version(conn, args.prefix)}")

@@ -112,20 +112,27 @@ class PostgresEngine:
         return saved_jobs(jobs, rows)
 
     async def _copy(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        # One transaction (a savepoint inside the caller's): ids and the timestamp the
-        # defaults use, the rows, the notification. Nothing is read back.
+        # One transaction: ids and the timestamp the defaults use, the rows, the
+        # notification; nothing is read back. A caller's connection outside autocommit
+        # is already in (or opens) its own transaction, which must decide: no block of
+        # ours there, or psycopg would commit it.
+        if not conn.autocommit:
+            return await self._copy_rows(conn, jobs)
         async with conn.transaction():
-            async with conn.cursor(row_factory=tuple_row) as cur:
-                params = {"table": self.sql.table, "n": len(jobs)}
-                await cur.execute(self.sql["reserve_ids"], params)
-                ids_text, at = await cur.fetchone()
-            ids = [int(i) for i in ids_text.split(",")]
-            async with conn.cursor().copy(self.sql["copy_jobs"]) as copy:
-                for row in copy_rows(ids, jobs):
-                    await copy.write_row(row)
-            await conn.execute(self.sql["notify_queues"], {
-                "channel": self.sql.insert_channel, "queues": sorted({j.queue for j in jobs}),
-            })  # fmt: skip
+            return await self._copy_rows(conn, jobs)
+
+    async def _copy_rows(self, conn: Any, jobs: list[Job]) -> list[Job]:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            params = {"table": self.sql.table, "n": len(jobs)}
+            await cur.execute(self.sql["reserve_ids"], params)
+            ids_text, at = await cur.fetchone()
+        ids = [int(i) for i in ids_text.split(",")]
+        async with conn.cursor().copy(self.sql["copy_jobs"]) as copy:
+            for row in copy_rows(ids, jobs):
+                await copy.write_row(row)
+        await conn.execute(self.sql["notify_queues"], {
+            "channel": self.sql.insert_channel, "queues": sorted({j.queue for j in jobs}),
+        })  # fmt: skip
         return copied_jobs(ids, at, jobs)
 
     async def fetch_jobs(

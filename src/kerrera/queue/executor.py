@@ -36,26 +36,34 @@ class Executor:
         self.threads = threads
 
     async def perform(self, job: Job) -> dict[str, Any] | None:
-        """Run `job` to its end and return its ack (None means plainly completed)."""
+        """Run `job` to its end and return its ack (None means plainly completed).
+
+        Whatever happens, a job ends with an ack: only a cancellation that its producer
+        asked for (shutdown, pkill) propagates, as `asyncio.CancelledError`.
+        """
         try:
             worker = resolve_worker(job.worker)
-        except UnknownWorkerError as exc:
-            return failure(job, None, exc, with_traceback=False)
+        except Exception as exc:  # unknown name, or a worker class that cannot be built
+            return failure(job, None, exc, with_traceback=not isinstance(exc, UnknownWorkerError))
         try:
             result = await self._call(worker, job)
-        except asyncio.CancelledError:
-            raise
+            return None if result is None else outcome(job, worker, result)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the producer cancelled it
+            return failure(job, worker, exc)  # the worker's own code raised it
         except CancelJob as exc:
             return cancelled(job, exc.reason)
-        except SnoozeJob as exc:
-            return snoozed(job, exc.seconds)
+        except SnoozeJob as snooze:
+            try:
+                return snoozed(job, snooze.seconds)
+            except Exception as bad:  # a bad snooze value: an error on the job
+                return failure(job, worker, bad)
         except BaseException as exc:  # a worker's failure must never reach the node
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 log.warning("job %s raised %r; recorded as an error", job.id, exc)
             return failure(job, worker, exc)
-        if result is None:
-            return None
-        return outcome(job, worker, result)
 
     async def _call(self, worker: Worker, job: Job) -> Any:
         limit = worker.timeout(job)
@@ -67,7 +75,12 @@ class Executor:
                     return await worker.process(job)  # type: ignore[misc]
             except TimeoutError:
                 raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
-        future = self.threads.run(worker.process, job)
+        started, future = self.threads.run(worker.process, job)
+        try:
+            await started
+        except asyncio.CancelledError:
+            future.cancel()  # not started yet: the thread skips it
+            raise
         if limit is None:
             return await future
         try:
@@ -105,7 +118,11 @@ def snoozed(job: Job, seconds: float) -> dict[str, Any]:
     `attempt` guard on acks sound: rolling attempt back would let a stale executor of
     the snoozed run ack the next one.
     """
-    count = int(job.meta.get("snoozed", 0)) + 1 if isinstance(job.meta, dict) else 1
+    seconds = float(seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"snooze seconds must be a finite number >= 0, got {seconds!r}")
+    previous = job.meta.get("snoozed", 0) if isinstance(job.meta, dict) else 0
+    count = (previous if isinstance(previous, int) and previous >= 0 else 0) + 1
     return {"id": job.id, "attempt": job.attempt, "state": "scheduled",
             "delay": min(float(seconds), MAX_DELAY), "snooze": True,
             "meta": {"snoozed": count}}

@@ -18,7 +18,7 @@ from kerrera._backoff import reconnect_backoff
 from kerrera._job import Job
 from kerrera.engine.base import AckBatch, Engine
 from kerrera.engine.errors import is_transient
-from kerrera.queue.executor import Executor, unwritable
+from kerrera.queue.executor import Executor, cancelled, unwritable
 
 log = logging.getLogger("kerrera.producer")
 
@@ -51,6 +51,8 @@ class Producer:
         self._task: asyncio.Task[None] | None = None
         self._cycles: set[asyncio.Task[None]] = set()
         self._reserved = 0  # slots promised to fetches in flight
+        self._wakes = 0  # counts wake-ups, so a fetch can tell if one came meanwhile
+        self._cancel_all = False
         self._failures = 0
 
     # -- control -------------------------------------------------------------------------
@@ -62,6 +64,7 @@ class Producer:
     def wake(self) -> None:
         """Jobs may be available (an insert notification or a staged batch)."""
         self._more = True
+        self._wakes += 1  # a fetch in flight must not forget this wake-up
         self._wake.set()
 
     def pause(self) -> None:
@@ -111,6 +114,7 @@ class Producer:
             released = len(self.running)
             log.warning("queue %s: %d job(s) still running after %.1fs; releasing them",
                         self.queue, released, grace)
+            self._cancel_all = True  # and jobs a fetch still in flight brings back
             for _job, job_task in list(self.running.values()):
                 job_task.cancel()
             try:
@@ -189,6 +193,7 @@ class Producer:
     async def _cycle(self, demand: int, acks: AckBatch) -> None:
         """One round trip: write `acks`, claim up to `demand` jobs, start them."""
         jobs: list[Job] = []
+        wakes = self._wakes
         try:
             if self._failures and len(self._cycles) == 1:
                 reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid,
@@ -198,7 +203,7 @@ class Producer:
                                 self.queue, reclaimed)
             jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
             self._failures = 0
-            if demand:
+            if demand and self._wakes == wakes:  # no wake-up arrived meanwhile
                 self._more = len(jobs) >= demand
         except Exception as exc:  # the database is away: keep the acks, back off
             if acks and not is_transient(exc):
@@ -219,7 +224,10 @@ class Producer:
             # wakes must already see the slot free.
             self._cycles.discard(asyncio.current_task())
             for job in jobs:
-                self.running[job.id] = (job, asyncio.create_task(self._execute(job)))  # type: ignore[index]
+                job_task = asyncio.create_task(self._execute(job))
+                self.running[job.id] = (job, job_task)  # type: ignore[index]
+                if self._cancel_all:  # shutdown gave up waiting: put it straight back
+                    job_task.cancel()
             self._wake.set()
 
     async def _execute(self, job: Job) -> None:
@@ -227,7 +235,10 @@ class Producer:
             ack = await self._executor.perform(job)
         except asyncio.CancelledError:
             if job.id in self._killed:
-                self._killed.discard(job.id)  # the row already says cancelled
+                self._killed.discard(job.id)
+                # Normally the row already says cancelled and this guarded ack is a no-op;
+                # if it does not, the job still ends cancelled rather than stuck executing.
+                self._acks.other.append(cancelled(job, "cancelled while running"))
             else:
                 self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
                 self._acks.released_attempts.append(job.attempt)
@@ -238,7 +249,11 @@ class Producer:
             else:
                 self._acks.other.append(ack)
         finally:
-            del self.running[job.id]  # type: ignore[arg-type]
+            entry = self.running.get(job.id)  # type: ignore[arg-type]
+            if entry is not None and entry[1] is asyncio.current_task():
+                # (a job fetched again while a stale run of it was still here has a new
+                # entry, which this old run must leave alone)
+                del self.running[job.id]  # type: ignore[arg-type]
             self._wake.set()
 
 

@@ -19,7 +19,11 @@ _STOP = object()
 
 
 class DaemonThreadPool:
-    """Runs blocking callables on at most `size` daemon threads, started on demand."""
+    """Runs blocking callables on at most `size` daemon threads, started on demand.
+
+    A call whose future was cancelled before a thread picked it up (by a timeout, a
+    shutdown or a pkill) is skipped, never run late.
+    """
 
     def __init__(self, size: int, name: str = "kerrera-sync") -> None:
         if size < 1:
@@ -31,20 +35,25 @@ class DaemonThreadPool:
         self._idle = 0
         self._lock = threading.Lock()
 
-    def run(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Schedule `func(*args)`; the returned future resolves on the calling loop."""
+    def run(
+        self, func: Callable[..., Any], *args: Any
+    ) -> tuple[asyncio.Future[None], asyncio.Future[Any]]:
+        """Schedule `func(*args)`. Returns two futures on the calling loop: one resolved
+        when a thread starts the call (so timeouts count running time, not queueing),
+        and one with its result."""
         loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
         future: asyncio.Future[Any] = loop.create_future()
-        self._work.put((loop, future, contextvars.copy_context(), func, args))
+        self._work.put((loop, started, future, contextvars.copy_context(), func, args))
         with self._lock:
             if self._idle == 0 and len(self._threads) < self.size:
                 thread = threading.Thread(target=self._loop, daemon=True,
                                           name=f"{self._name}-{len(self._threads)}")
                 self._threads.append(thread)
                 thread.start()
-            else:
+            elif self._idle:
                 self._idle -= 1
-        return future
+        return started, future
 
     def shutdown(self) -> None:
         """Ask idle threads to exit; busy ones exit after their current job."""
@@ -56,13 +65,15 @@ class DaemonThreadPool:
             item = self._work.get()
             if item is _STOP:
                 return
-            loop, future, context, func, args = item
-            try:
-                result = context.run(func, *args)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+            loop, started, future, context, func, args = item
+            if not future.cancelled():  # a racy read, but only ever from pending to done
+                loop.call_soon_threadsafe(_settle, started, None, None)
+                try:
+                    result = context.run(func, *args)
+                except BaseException as exc:
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, future, result, None)
             with self._lock:
                 self._idle += 1
 
@@ -70,6 +81,8 @@ class DaemonThreadPool:
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     if future.done():  # cancelled by shutdown or a timeout meanwhile
         return
+    if isinstance(exc, StopIteration):  # a future cannot carry StopIteration
+        exc = RuntimeError(f"the job raised StopIteration: {exc!r}")
     if exc is not None:
         future.set_exception(exc)
     else:

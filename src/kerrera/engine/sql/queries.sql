@@ -82,7 +82,11 @@ WITH completed AS (
   SELECT (SELECT count(*) FROM completed) + (SELECT count(*) FROM finished) AS n
 )
 UPDATE {prefix}.oban_jobs j
-SET state = 'executing', attempt = j.attempt + 1, attempted_at = timezone('UTC', now()),
+SET state = 'executing', attempt = j.attempt + 1,
+    -- a row made available by hand with its attempts spent still gets its run, rather
+    -- than failing the attempt_range check and with it every fetch of the queue
+    max_attempts = greatest(j.max_attempts, j.attempt + 1),
+    attempted_at = timezone('UTC', now()),
     attempted_by = ARRAY[%(node)s::text, %(producer)s::text]
 FROM locked, acked
 WHERE j.id = locked.id
@@ -90,10 +94,12 @@ RETURNING {jcols};
 
 -- name: release_jobs
 -- Put jobs that were interrupted by shutdown back to available without spending their
--- attempt (the attempt counter goes back down), and wake the queue's producers.
+-- attempt, and wake the queue's producers. As with a snooze, max_attempts grows by one
+-- and attempt keeps counting runs: rolling attempt back would let the interrupted run's
+-- late ack pass the guard of the next run.
 WITH released AS (
   UPDATE {prefix}.oban_jobs j
-  SET state = 'available', attempt = j.attempt - 1
+  SET state = 'available', max_attempts = j.max_attempts + 1
   FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS a(id, attempt)
   WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
   RETURNING j.id, j.queue
@@ -109,7 +115,7 @@ SELECT released.id FROM released, notified;
 -- them, so anything it is not running goes back to available, attempt not spent.
 WITH reclaimed AS (
   UPDATE {prefix}.oban_jobs
-  SET state = 'available', attempt = attempt - 1
+  SET state = 'available', max_attempts = max_attempts + 1
   WHERE state = 'executing' AND queue = %(queue)s AND attempted_by[2] = %(producer)s
     AND NOT (id = ANY(%(running)s::bigint[]))
   RETURNING id
@@ -209,7 +215,7 @@ SELECT retried.* FROM retried, notified ORDER BY retried.id;
 -- Cancel jobs that are not finished. Executing ones are marked cancelled here (so their
 -- executor's guarded ack cannot complete them) and a pkill signal asks the node that
 -- runs them to stop them. CTEs read the snapshot from before the update, so
--- "signalled" sees which of the jobs were executing.
+-- "signalled" sees what state the jobs were in.
 WITH cancelled AS (
   UPDATE {prefix}.oban_jobs
   SET state = 'cancelled', cancelled_at = timezone('UTC', now())
@@ -217,8 +223,11 @@ WITH cancelled AS (
     AND state NOT IN ('completed', 'discarded', 'cancelled')
   RETURNING {cols}
 ), signalled AS (
+  -- Before the statement the job may still have been available while a fetch claimed
+  -- it: signal those too (a node not running the job ignores the signal).
   SELECT count(pg_notify(%(signal)s, '{"action":"pkill","job_id":' || c.id || '}')) AS n
-  FROM {prefix}.oban_jobs c WHERE c.id = ANY(%(ids)s::bigint[]) AND c.state = 'executing'
+  FROM cancelled c JOIN {prefix}.oban_jobs before ON before.id = c.id
+  WHERE before.state IN ('executing', 'available')
 )
 SELECT cancelled.* FROM cancelled, signalled ORDER BY cancelled.id;
 
