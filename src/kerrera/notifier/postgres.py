@@ -12,12 +12,12 @@ import psycopg
 from kerrera._backoff import reconnect_backoff
 from kerrera.engine.postgres import PostgresEngine
 from kerrera.notifier import payload
-from kerrera.notifier.base import Listener, StatusListener
+from kerrera.notifier.base import ListenerRegistry
 
 log = logging.getLogger("kerrera.notifier")
 
 
-class PostgresNotifier:
+class PostgresNotifier(ListenerRegistry):
     """Hears notifications on a dedicated connection (a pooled one would lose LISTEN).
 
     When the connection drops it reports itself down (producers then poll), reconnects
@@ -26,22 +26,10 @@ class PostgresNotifier:
     """
 
     def __init__(self, engine: PostgresEngine) -> None:
+        super().__init__()
         self._engine = engine
-        self._listeners: dict[str, list[Listener]] = {}
-        self._status: list[StatusListener] = []
-        self._up = False
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._up
-
-    def listen(self, channel: str, listener: Listener) -> None:
-        self._listeners.setdefault(channel, []).append(listener)
-
-    def on_status(self, listener: StatusListener) -> None:
-        self._status.append(listener)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kerrera-notifier")
