@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from kerrera._errors import SchemaError
 from kerrera.engine.statements import check_prefix
 from kerrera.migrations import _steps
 
@@ -23,15 +26,19 @@ class Migration:
     description: str
     up: Callable[[Any, str], str]
     down: Callable[[Any, str, str], None]
+    #: False for steps that cannot run in a transaction (CREATE INDEX CONCURRENTLY).
+    transactional: bool = True
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Oban v14 jobs and peers tables (if absent)", _steps.up_1, _steps.down_1),
     Migration(2, "partial index of scheduled/retryable jobs by due time",
-              _steps.up_2, _steps.down_2),
+              _steps.up_2, _steps.down_2, transactional=False),
     Migration(3, "producer heartbeats for the lifeline", _steps.up_3, _steps.down_3),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
+#: How long a migrator waits for another one to finish.
+LOCK_TIMEOUT = 600.0
 
 _BOOTSTRAP = """
 CREATE SCHEMA IF NOT EXISTS {p};
@@ -58,29 +65,47 @@ def current_version(conn: psycopg.Connection[Any], prefix: str = "public") -> in
     return int(cur.fetchone()[0])  # type: ignore[index]
 
 
-def _lock(conn: psycopg.Connection[Any], prefix: str) -> None:
-    # A transaction-level advisory lock: concurrent migrators queue up behind it and
-    # then find the work already done.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"kerrera.migrate.{prefix}",))
+@contextmanager
+def _migration_lock(conn: psycopg.Connection[Any], prefix: str) -> Iterator[None]:
+    """A session advisory lock: concurrent migrators queue up behind it and then find the
+    work done. Polled rather than waited on: a session blocked in `pg_advisory_lock` holds
+    an open transaction, which a `CREATE INDEX CONCURRENTLY` of the lock holder would wait
+    for in turn."""
+    if not conn.autocommit:
+        raise ValueError("migrations need a connection in autocommit mode")
+    key = f"kerrera.migrate.{prefix}"
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:  # type: ignore[index]
+        if time.monotonic() > deadline:
+            raise SchemaError(f"another migration of {prefix!r} held the lock for "
+                              f"{LOCK_TIMEOUT:.0f}s")
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def migrate_up(
     conn: psycopg.Connection[Any], prefix: str = "public", target: int | None = None
 ) -> list[int]:
-    """Apply missing migrations up to `target` (default: latest); return those applied."""
+    """Apply missing migrations up to `target` (default: latest); return those applied.
+
+    `conn` must be in autocommit mode: each step runs in its own transaction, except the
+    steps that build indexes concurrently (so that a busy table is never blocked)."""
     p = _quoted(prefix)
     target = LATEST_VERSION if target is None else target
     applied: list[int] = []
-    with conn.transaction():
-        _lock(conn, prefix)
-        with conn.cursor() as cur:
+    with _migration_lock(conn, prefix):
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute(_BOOTSTRAP.format(p=p))
         version = current_version(conn, prefix)
         for step in MIGRATIONS:
             if version < step.version <= target:
-                with conn.cursor() as cur:
+                with _step(conn, step), conn.cursor() as cur:
                     note = step.up(cur, p)
-                    cur.execute(
+                with conn.transaction():
+                    conn.execute(
                         f"INSERT INTO {p}.kerrera_migrations (version, description, note) "
                         "VALUES (%s, %s, %s)",
                         (step.version, step.description, note),
@@ -98,8 +123,7 @@ def migrate_down(
         raise ValueError("steps must be >= 1")
     p = _quoted(prefix)
     reverted: list[int] = []
-    with conn.transaction():
-        _lock(conn, prefix)
+    with _migration_lock(conn, prefix):
         version = current_version(conn, prefix)
         if version == 0:
             return reverted
@@ -108,10 +132,20 @@ def migrate_down(
             if len(reverted) == steps:
                 break
             if step.version <= version:
-                with conn.cursor() as cur:
+                with _step(conn, step), conn.cursor() as cur:
                     step.down(cur, p, notes.get(step.version, ""))
-                    cur.execute(f"DELETE FROM {p}.kerrera_migrations WHERE version = %s",
-                                (step.version,))
+                with conn.transaction():
+                    conn.execute(f"DELETE FROM {p}.kerrera_migrations WHERE version = %s",
+                                 (step.version,))
                 log.info("migrated %s down from version %d", prefix, step.version)
                 reverted.append(step.version)
     return reverted
+
+
+@contextmanager
+def _step(conn: psycopg.Connection[Any], step: Migration) -> Iterator[None]:
+    if step.transactional:
+        with conn.transaction():
+            yield
+    else:
+        yield

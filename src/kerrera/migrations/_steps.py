@@ -76,16 +76,27 @@ def down_1(cur: Any, p: str, note: str) -> None:
 
 
 def up_2(cur: Any, p: str) -> str:
-    """A partial index of jobs waiting for a time, so staging never scans the backlog."""
+    """A partial index of jobs waiting for a time, so staging never scans the backlog.
+
+    Built CONCURRENTLY (outside a transaction): on a large table that an Elixir node is
+    using, a plain CREATE INDEX would block its writes for the whole build. A build that
+    was interrupted leaves an invalid index behind, which is dropped and rebuilt."""
     cur.execute(
-        f"CREATE INDEX IF NOT EXISTS kerrera_jobs_due_index ON {p}.oban_jobs "
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.oid = to_regclass(%s)", (f"{p}.kerrera_jobs_due_index",),
+    )
+    row = cur.fetchone()
+    if row is not None and not row[0]:
+        cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {p}.kerrera_jobs_due_index")
+    cur.execute(
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS kerrera_jobs_due_index ON {p}.oban_jobs "
         "(scheduled_at, id) WHERE state IN ('scheduled', 'retryable')"
     )
     return ""
 
 
 def down_2(cur: Any, p: str, note: str) -> None:
-    cur.execute(f"DROP INDEX IF EXISTS {p}.kerrera_jobs_due_index")
+    cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {p}.kerrera_jobs_due_index")
 
 
 def up_3(cur: Any, p: str) -> str:
