@@ -285,3 +285,23 @@ async def test_no_job_stuck_when_a_claiming_reply_is_lost(
     finally:
         await node.stop(grace=0.5)
         await proxy.close()
+
+
+async def test_user_calls_recover_after_the_pool_was_killed(
+    node_app: Callable[..., Kerrera], dsn: str, app_name: str,
+) -> None:
+    # A client app (no queues) with several pooled connections, all killed at once: a
+    # read succeeds right away (checked and retried), and an insert fails at most once.
+    app = node_app(pool_size=4)
+    await app.migrate()
+    warm = [asyncio.create_task(app.insert(counted.new({"n": i}))) for i in range(4)]
+    await asyncio.gather(*warm)
+    assert len(kill_node_connections(dsn, app_name)) >= 2
+    assert (await app.get_job(warm[0].result().id)) is not None
+    failures = 0
+    for i in range(4):
+        try:
+            await app.insert(counted.new({"after": i}))
+        except psycopg.OperationalError:
+            failures += 1
+    assert failures <= 1

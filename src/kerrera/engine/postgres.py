@@ -27,6 +27,10 @@ from kerrera.engine.statements import (
 
 log = logging.getLogger("kerrera.engine")
 
+#: Statements safe to run again when their connection turned out to be dead: reads, and
+#: management calls whose second run changes nothing the first did not.
+_RETRYABLE = frozenset({"get_jobs", "retry_jobs", "cancel_jobs", "delete_jobs"})
+
 #: Jobs per insert statement in `insert_all`: large enough to amortise the round trip,
 #: small enough that one JSON parameter stays a few megabytes.
 INSERT_BATCH = 5000
@@ -77,15 +81,38 @@ class PostgresEngine:
             async with conn.cursor(row_factory=job_row) as cur:
                 await cur.execute(self.sql[name], params)
                 return await cur.fetchall()  # type: ignore[no-any-return]
+        try:
+            return await self._pooled_rows(name, params)
+        except psycopg.OperationalError:
+            if name not in _RETRYABLE:
+                raise
+            await self._drop_dead_connections()
+            return await self._pooled_rows(name, params)  # once, on a checked connection
+
+    async def _pooled_rows(self, name: str, params: dict[str, Any]) -> list[Job]:
         async with self.pool.connection() as c, c.cursor(row_factory=job_row) as cur:
             await cur.execute(self.sql[name], params)
             return await cur.fetchall()
 
+    async def _drop_dead_connections(self) -> None:
+        # One dead pooled connection usually means all of them died (a server restart,
+        # pg_terminate_backend): check the idle ones now, so that the next calls get
+        # working connections instead of failing one by one.
+        try:
+            await self.pool.check()
+        except Exception as exc:  # the check itself can fail while the server is away
+            log.warning("could not check pooled connections: %s", exc)
+
     async def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
         if conn is not None:
             return await self._insert_on(conn, jobs)
-        async with self.pool.connection() as c:
-            return await self._insert_on(c, jobs)
+        try:
+            async with self.pool.connection() as c:
+                return await self._insert_on(c, jobs)
+        except psycopg.OperationalError:
+            # Not retried: the insert may have committed before the reply was lost.
+            await self._drop_dead_connections()
+            raise
 
     async def _insert_on(self, conn: Any, jobs: Sequence[Job]) -> list[Job]:
         saved: dict[int, Job] = {}
