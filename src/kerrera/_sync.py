@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,13 @@ class SyncKerrera:
     def __init__(self, app: Kerrera) -> None:
         self._app = app
         self._engine: SyncPostgresEngine | None = None
+        self._lock = threading.Lock()
 
     def _open(self) -> SyncPostgresEngine:
+        with self._lock:
+            return self._open_locked()
+
+    def _open_locked(self) -> SyncPostgresEngine:
         if self._engine is None:
             from kerrera._schema import check_schema, migrate_sync
 

@@ -7,6 +7,7 @@ small pool of its own, opened on first use.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -29,19 +30,22 @@ class SyncPostgresEngine:
         self.dsn = dsn
         self._pool_size = pool_size
         self._pool: ConnectionPool[Any] | None = None
+        self._lock = threading.Lock()
 
     @contextmanager
     def _connection(self, conn: Any) -> Iterator[psycopg.Connection[Any]]:
         if conn is not None:
             yield conn
             return
-        if self._pool is None:
-            self._pool = ConnectionPool(
-                self.dsn, min_size=1, max_size=self._pool_size, open=True,
-                kwargs={"autocommit": True}, configure=_json.configure,
-                name=f"kerrera-sync-{self.sql.prefix}",
-            )  # fmt: skip
-        with self._pool.connection() as own:
+        with self._lock:  # threads of a web server may arrive together
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.dsn, min_size=1, max_size=self._pool_size, open=True,
+                    kwargs={"autocommit": True}, configure=_json.configure,
+                    name=f"kerrera-sync-{self.sql.prefix}",
+                )  # fmt: skip
+            pool = self._pool
+        with pool.connection() as own:
             yield own
 
     def close(self) -> None:
