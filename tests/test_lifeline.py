@@ -41,12 +41,12 @@ async def test_rescue_picks_only_orphans(make_app: Any, sql: Any) -> None:
 
 
 async def test_a_live_nodes_long_job_is_never_rescued(make_app: Any) -> None:
-    app = make_app(queues={"default": 2}, heartbeat_interval=0.1, producer_ttl=0.5,
+    app = make_app(queues={"default": 2}, heartbeat_interval=0.2, producer_ttl=1.5,
                    rescue_interval=0.1)
     async with app:
         job = await app.insert(Scripted.new({"do": "block", "key": "long"}))
         await eventually(lambda: job.id in app.check_queue("default")["running_ids"])
-        await asyncio.sleep(2.0)  # four ttls of lifeline runs: the job must stay put
+        await asyncio.sleep(3.5)  # two ttls of lifeline runs: the job must stay put
         assert (await app.get_job(job.id)).state is JobState.EXECUTING
         scripted.gate("long").set()
         await eventually(lambda: app.check_queue("default")["running"] == 0)

@@ -378,7 +378,7 @@ def test_jobs_of_a_killed_node_are_rescued_and_finish_elsewhere(
     start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
 ) -> None:
     path = tmp_path / "events"
-    fast = ("--heartbeat-interval", "0.2", "--producer-ttl", "1", "--rescue-interval", "0.2")
+    fast = ("--heartbeat-interval", "0.2", "--producer-ttl", "2", "--rescue-interval", "0.2")
     victim = start_node(name="victim", extra=fast)
     job = client.sync.insert(traced.new({"path": str(path), "tag": "orphan", "seconds": 1}))
     until(lambda: _started(path, {"orphan"}))
