@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any
 
 from conftest import eventually
@@ -46,7 +46,19 @@ async def test_a_live_nodes_long_job_is_never_rescued(make_app: Any) -> None:
     async with app:
         job = await app.insert(Scripted.new({"do": "block", "key": "long"}))
         await eventually(lambda: job.id in app.check_queue("default")["running_ids"])
-        await asyncio.sleep(3.5)  # two ttls of lifeline runs: the job must stay put
+        # Count the lifeline's runs: the test means something only once several have
+        # happened more than a ttl after the job started.
+        runs: list[float] = []
+        rescue = app.engine.rescue_jobs
+
+        async def counted_rescue(ttl: float, rescue_after: float) -> tuple[int, int]:
+            runs.append(time.monotonic())
+            return await rescue(ttl, rescue_after)
+
+        app.engine.rescue_jobs = counted_rescue  # type: ignore[method-assign]
+        started = time.monotonic()
+        await eventually(lambda: len([t for t in runs if t > started + 2 * 1.5]) >= 3,
+                         timeout=15)
         assert (await app.get_job(job.id)).state is JobState.EXECUTING
         scripted.gate("long").set()
         await eventually(lambda: app.check_queue("default")["running"] == 0)

@@ -61,7 +61,8 @@ async def test_notification_starts_a_job_without_waiting_for_the_poll(make_app: 
     app = make_app(queues={"default": 2}, poll_interval=60)
     async with app:
         await eventually(lambda: app._notifier.connected)
-        await asyncio.sleep(0.2)  # let the first (empty) fetch pass
+        # The first fetch has run and found nothing: from now on the queue waits.
+        await eventually(lambda: app.producers["default"]._more is False)
         await app.insert(Scripted.new({}))
         # With a 60 s poll, only the insert notification can start it this soon.
         await eventually(lambda: scripted.RUNS, timeout=10)

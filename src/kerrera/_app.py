@@ -296,6 +296,10 @@ class Kerrera:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"option 'limit' must be an integer >= 1, got {limit!r}")
         self._producer(queue).scale(limit)
+        if self._threads is not None and self.config.sync_threads is None:
+            # Sync workers get as many threads as the queues can now run (at most 64).
+            total = sum(p.limit for p in self.producers.values())
+            self._threads.size = max(self._threads.size, min(64, total))
 
     def check_queue(self, queue: str) -> dict[str, Any]:
         """`queue` on this node: `limit`, `running` (a count), `running_ids`, `paused`,

@@ -31,13 +31,6 @@ class JobState(enum.StrEnum):
 
 _TERMINAL = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 
-#: The columns of `oban_jobs`, in table order (the order of `Job`'s first fields).
-COLUMNS: tuple[str, ...] = (
-    "id", "state", "queue", "worker", "args", "errors", "attempt", "max_attempts",
-    "inserted_at", "scheduled_at", "attempted_at", "completed_at", "attempted_by",
-    "discarded_at", "priority", "tags", "meta", "cancelled_at",
-)  # fmt: skip
-
 
 @dataclass(slots=True, eq=False)
 class Job:

@@ -169,15 +169,18 @@ def unwritable(ack: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     state = ack["state"] if ack["state"] != "scheduled" else "retryable"
     log.error("the outcome of job %s could not be written (%s); recording an error", ack["id"],
               exc)
-    at = datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"
     text = f"kerrera: the job's outcome could not be recorded: {exc}"
     return {"id": ack["id"], "attempt": ack["attempt"], "state": state, "delay": 0.0,
-            "error": {"at": at, "attempt": ack["attempt"], "error": text.replace("\x00", "")}}
+            "error": _error(ack["attempt"], text)}
 
 
 def error_entry(job: Job, text: str) -> dict[str, Any]:
     """An `errors` element as Oban writes it: at (ISO-8601 UTC), attempt, error."""
+    return _error(job.attempt, text)
+
+
+def _error(attempt: int, text: str) -> dict[str, Any]:
     at = datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"
     # jsonb rejects NUL characters; one in an exception message must not make the ack
     # (and every ack bundled with it) fail.
-    return {"at": at, "attempt": job.attempt, "error": text.replace("\x00", "\\x00")}
+    return {"at": at, "attempt": attempt, "error": text.replace("\x00", "\\x00")}

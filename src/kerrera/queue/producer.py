@@ -22,11 +22,6 @@ from kerrera.queue.executor import Executor, cancelled, unwritable
 
 log = logging.getLogger("kerrera.producer")
 
-#: Round trips a producer keeps in flight at once (each on its own pooled connection).
-#: Two would overlap Python and PostgreSQL, but measured 15-25 % slower on a 2-core
-#: machine where each psycopg round trip is costly (see bench/README.md): smaller
-#: batches cost more than the overlap gains. The limit is reserved across cycles either way.
-MAX_IN_FLIGHT = 1
 
 
 class Producer:
@@ -52,8 +47,10 @@ class Producer:
         self._stopping = False
         self._killed: set[int] = set()
         self._task: asyncio.Task[None] | None = None
-        self._cycles: set[asyncio.Task[None]] = set()
-        self._reserved = 0  # slots promised to fetches in flight
+        # One round trip in flight at a time. Two would overlap Python and PostgreSQL,
+        # but measured 15-25 % slower on a 2-core machine where a psycopg round trip is
+        # costly: halving the batch cost more than the overlap gained (bench/README.md).
+        self._cycle_task: asyncio.Task[None] | None = None
         self._wakes = 0  # counts wake-ups, so a fetch can tell if one came meanwhile
         self._cancel_all = False
         self._failures = 0
@@ -124,8 +121,8 @@ class Producer:
                 await asyncio.wait_for(asyncio.shield(task), 5.0)
             except TimeoutError:
                 task.cancel()
-                for cycle in list(self._cycles):
-                    cycle.cancel()
+                if self._cycle_task is not None:
+                    self._cycle_task.cancel()
                 log.error("queue %s: could not write %d final ack(s); the jobs stay "
                           "executing until rescued", self.queue, len(self._acks))
         return released
@@ -140,18 +137,15 @@ class Producer:
                 except TimeoutError:
                     self._more = True  # the poll tick: look even without a notification
             self._wake.clear()
-            if self._stopping and not (self.running or self._acks or self._cycles):
+            if self._stopping and not (self.running or self._acks or self._cycle_task):
                 return
-            if len(self._cycles) >= MAX_IN_FLIGHT:
-                continue  # a cycle that ends wakes us again
+            if self._cycle_task is not None:
+                continue  # the cycle in flight wakes us when it ends
             demand = self._demand()
-            if self._cycles and demand < self._batch():
-                continue  # overlap only full batches; acks wait for the cycle in flight
             if demand == 0 and not self._acks:
                 continue
             acks, self._acks = self._acks, AckBatch()
-            self._reserved += demand
-            self._cycles.add(asyncio.create_task(self._cycle(demand, acks)))
+            self._cycle_task = asyncio.create_task(self._cycle(demand, acks))
 
     async def _ack_separately(self, acks: AckBatch) -> None:
         batches = [AckBatch(done_ids=acks.done_ids, done_attempts=acks.done_attempts,
@@ -185,20 +179,14 @@ class Producer:
     def _demand(self) -> int:
         if self.paused or self._stopping or not self._more:
             return 0
-        free = self.limit - len(self.running) - self._reserved
-        return max(min(free, self._batch()), 0)
-
-    def _batch(self) -> int:
-        # Split the limit across the cycles that may be in flight, so that the database
-        # works on one batch while this process runs the previous one.
-        return -(-self.limit // MAX_IN_FLIGHT)
+        return max(self.limit - len(self.running), 0)
 
     async def _cycle(self, demand: int, acks: AckBatch) -> None:
         """One round trip: write `acks`, claim up to `demand` jobs, start them."""
         jobs: list[Job] = []
         wakes = self._wakes
         try:
-            if self._failures and len(self._cycles) == 1:
+            if self._failures:
                 reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid,
                                                             self._held(acks))
                 if reclaimed:
@@ -220,12 +208,10 @@ class Producer:
             log.warning("queue %s: fetch failed (%s); retrying in %.2fs", self.queue, exc, delay)
             await asyncio.sleep(delay)
         finally:
-            # Release the reservation and register the jobs in one synchronous step, so
+            # Clear the slot here, not in a done callback: the loop that this wakes must
+            # already see it free. Jobs are registered in the same synchronous step, so
             # the limit holds at every await point.
-            self._reserved -= demand
-            # Leave the in-flight set now, not in a done callback: the loop that this
-            # wakes must already see the slot free.
-            self._cycles.discard(asyncio.current_task())
+            self._cycle_task = None
             for job in jobs:
                 job_task = asyncio.create_task(self._execute(job))
                 self.running[job.id] = (job, job_task)  # type: ignore[index]
