@@ -133,7 +133,7 @@ class Kerrera:
             if self._engine is None:
                 dsn = await asyncio.to_thread(lambda: self.dsn)
                 if self.config.migrate:
-                    await asyncio.to_thread(migrate_sync, dsn, self.config.prefix)
+                    await self.migrate()
                 else:
                     await asyncio.to_thread(check_schema, dsn, self.config.prefix)
                 engine = PostgresEngine(dsn, self.config.prefix, pool_size=self.config.pool_size)
@@ -180,12 +180,8 @@ class Kerrera:
     async def stop(self, grace: float | None = None) -> int:
         """Stop fetching, wait up to `grace` (default `shutdown_grace_period`) for running
         jobs, put the rest back to available, and close. Returns how many were put back."""
-        if not self._running:
-            if self._engine is not None:  # used only to insert: close its pool
-                await self._engine.close()
-                self._engine = None
-            if self._sync is not None:
-                self._sync.close()
+        if not self._running:  # used only to insert: just close the connections
+            await self._close_connections()
             return 0
         self._running = False
         grace = self.config.shutdown_grace_period if grace is None else grace
@@ -199,14 +195,17 @@ class Kerrera:
             await self._notifier.stop()
         if self._threads is not None:
             self._threads.shutdown()
+        await self._close_connections()
+        self.producers.clear()
+        log.info("node %s stopped (%d job(s) put back)", self.node, released)
+        return released
+
+    async def _close_connections(self) -> None:
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
         if self._sync is not None:
             self._sync.close()
-        self.producers.clear()
-        log.info("node %s stopped (%d job(s) put back)", self.node, released)
-        return released
 
     async def __aenter__(self) -> Kerrera:
         await self.start()

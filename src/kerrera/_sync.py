@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
 from kerrera._job import Job
+from kerrera._options import check_jobs
+from kerrera._schema import check_schema, migrate_sync
 from kerrera.engine.sync import SyncPostgresEngine
 
 if TYPE_CHECKING:
@@ -38,8 +41,6 @@ class SyncKerrera:
 
     def _open_locked(self) -> SyncPostgresEngine:
         if self._engine is None:
-            from kerrera._schema import check_schema, migrate_sync
-
             dsn, prefix = self._app.dsn, self._app.config.prefix
             if self._app.config.migrate:
                 migrate_sync(dsn, prefix)
@@ -55,8 +56,6 @@ class SyncKerrera:
 
     def migrate(self) -> list[int]:
         """Bring the schema up to date; return the versions applied."""
-        from kerrera._schema import migrate_sync
-
         return migrate_sync(self._app.dsn, self._app.config.prefix)
 
     def insert(self, job: Job, *, conn: psycopg.Connection[Any] | None = None) -> Job:
@@ -67,8 +66,6 @@ class SyncKerrera:
         self, jobs: Iterable[Job], *, conn: psycopg.Connection[Any] | None = None
     ) -> list[Job]:
         """Insert many jobs, one statement per batch."""
-        from kerrera._options import check_jobs
-
         batch = check_jobs(jobs)
         return self._open().insert_jobs(batch, conn) if batch else []
 
@@ -76,8 +73,6 @@ class SyncKerrera:
         """Mark the running `job` completed inside the caller's transaction (see
         `Kerrera.complete_job`); False when this attempt no longer owns the job."""
         if job.id is None:
-            from kerrera._errors import ConfigError
-
             raise ConfigError("complete_job needs a saved, running job")
         return self._open().complete_job(job.id, job.attempt, conn)
 

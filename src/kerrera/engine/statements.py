@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from kerrera import _json
+from kerrera._errors import ConfigError
 from kerrera._job import Job, JobState
 
 _STATES: dict[str, JobState] = {s.value: s for s in JobState}
@@ -23,8 +24,6 @@ _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 def check_prefix(prefix: object) -> str:
     """A schema name is inlined into SQL, so only plain identifiers are accepted."""
     if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
-        from kerrera._errors import ConfigError
-
         raise ConfigError(
             f"option 'prefix' must be a plain schema name (letters, digits, _), got {prefix!r}"
         )

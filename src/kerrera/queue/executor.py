@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kerrera import _json
+from kerrera._backoff import default_backoff
 from kerrera._errors import JobTimeoutError, UnknownWorkerError
 from kerrera._job import Job
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
@@ -148,8 +149,6 @@ def failure(
 
 
 def _backoff(job: Job, worker: Worker | None) -> float:
-    from kerrera._backoff import default_backoff
-
     if worker is None:
         return default_backoff(job.attempt, job.max_attempts)
     try:

@@ -17,8 +17,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from kerrera._backoff import reconnect_backoff
 from kerrera.engine.base import Engine
+from kerrera.services._every import run_every
 
 log = logging.getLogger("kerrera.lifeline")
 
@@ -46,9 +46,11 @@ class Lifeline:
         except Exception as exc:  # the loop below retries; never fail the start for it
             log.warning("first heartbeat failed (%s); retrying", exc)
         self._tasks = [
-            asyncio.create_task(self._every(self.heartbeat_interval, self.beat),
+            asyncio.create_task(run_every(self.heartbeat_interval, self.beat, log,
+                                          "heartbeat", first_now=False),
                                 name="kerrera-heartbeat"),
-            asyncio.create_task(self._every(self.rescue_interval, self.rescue_once),
+            asyncio.create_task(run_every(self.rescue_interval, self.rescue_once, log,
+                                          "rescue", first_now=False),
                                 name="kerrera-lifeline"),
         ]
 
@@ -76,19 +78,3 @@ class Lifeline:
         if rescued or expired:
             log.warning("lifeline: %d producer(s) expired, %d job(s) rescued", expired, rescued)
         return rescued
-
-    async def _every(self, interval: float, action: Callable[[], object]) -> None:
-        failures = 0
-        while True:
-            await asyncio.sleep(interval if not failures else reconnect_backoff(failures))
-            try:
-                result = action()
-                if asyncio.iscoroutine(result):
-                    await result
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.warning("%s failed (%s); retrying", getattr(action, "__name__", "task"),
-                            exc)

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from kerrera._backoff import reconnect_backoff
 from kerrera.engine.base import Engine
+from kerrera.services._every import run_every
 
 log = logging.getLogger("kerrera.stager")
 
@@ -32,7 +32,9 @@ class Stager:
 
     def start(self) -> None:
         """Begin staging on the running loop."""
-        self._task = asyncio.create_task(self._run(), name="kerrera-stager")
+        self._task = asyncio.create_task(
+            run_every(self.interval, self.stage_once, log, "staging"), name="kerrera-stager"
+        )
 
     async def stop(self) -> None:
         """Stop staging."""
@@ -51,18 +53,3 @@ class Stager:
                 self._on_staged(queue)
             if sum(staged.values()) < self.limit:
                 return total
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self.stage_once()
-                failures = 0
-                await asyncio.sleep(self.interval)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = max(self.interval, reconnect_backoff(failures))
-                log.warning("staging failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)

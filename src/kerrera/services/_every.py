@@ -1,0 +1,33 @@
+"""The loop every periodic service runs: act, wait, and never die on an error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kerrera._backoff import reconnect_backoff
+
+
+async def run_every(
+    interval: float, action: Callable[[], Awaitable[Any]], log: logging.Logger, what: str,
+    *, first_now: bool = True,
+) -> None:  # fmt: skip
+    """Run `action` every `interval` seconds (first at once when `first_now`). A failure
+    is logged and retried with jittered backoff, never less than `interval` apart."""
+    failures = 0
+    if not first_now:
+        await asyncio.sleep(interval)
+    while True:
+        try:
+            await action()
+            failures = 0
+            await asyncio.sleep(interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a database error must not end the service
+            failures += 1
+            delay = max(interval, reconnect_backoff(failures))
+            log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+            await asyncio.sleep(delay)
