@@ -16,6 +16,9 @@ from kerrera.notifier.base import ListenerRegistry
 
 log = logging.getLogger("kerrera.notifier")
 
+#: Seconds one wait for notifications lasts before the loop checks whether to stop.
+_WAIT = 0.5
+
 
 class PostgresNotifier(ListenerRegistry):
     """Hears notifications on a dedicated connection (a pooled one would lose LISTEN).
@@ -30,16 +33,22 @@ class PostgresNotifier(ListenerRegistry):
         self._engine = engine
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kerrera-notifier")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        # Ask the loop to end rather than relying on cancellation alone: a task cancelled
+        # while psycopg waits in notifies() was seen to stay stuck there. The flag ends the
+        # loop at the next wait timeout at the latest.
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=_WAIT + 2)
+            if not done:
+                log.warning("the notifier did not stop in time; closing its connection")
         await self._close()
 
     async def notify(self, channel: str, message: dict[str, Any]) -> None:
@@ -69,9 +78,12 @@ class PostgresNotifier(ListenerRegistry):
                     await self._conn.execute(f'LISTEN "{channel}"')
                 failures = 0
                 self._set_status(True)
-                async for note in self._conn.notifies():
-                    self._dispatch(note.channel, note.payload)
-                raise psycopg.OperationalError("the notification connection closed")
+                while not self._stopping:
+                    async for note in self._conn.notifies(timeout=_WAIT):
+                        self._dispatch(note.channel, note.payload)
+                    if self._conn.closed:
+                        raise psycopg.OperationalError("the notification connection closed")
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let the notifier die: log, back off, retry
