@@ -17,6 +17,7 @@ from kerrera._errors import (
 from kerrera._job import Job, JobState
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
 from kerrera._sync import SyncKerrera
+from kerrera._unique import Unique
 from kerrera._worker import Worker, resolve_worker, worker
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "Snooze",
     "SnoozeJob",
     "SyncKerrera",
+    "Unique",
     "UnknownWorkerError",
     "Worker",
     "current_app",

@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kerrera._unique import Unique
 
 
 class JobState(enum.StrEnum):
@@ -67,6 +70,8 @@ class Job:
     schedule_in: float | None = field(default=None, repr=False)
     #: True when an insert returned an existing job instead of a new one.
     conflict: bool = field(default=False, repr=False)
+    #: For an unsaved job: what makes it unique (`Unique`), or None.
+    unique: Unique | None = field(default=None, repr=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job):

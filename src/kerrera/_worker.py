@@ -27,6 +27,7 @@ from kerrera._options import (
     check_tags,
     check_timeout,
 )
+from kerrera._unique import Unique
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class WorkerOptions:
     priority: int = 0
     tags: tuple[str, ...] = ()
     timeout: float | None = None
+    unique: Unique | None = None
 
     @classmethod
     def build(cls, base: WorkerOptions, **given: Any) -> WorkerOptions:
@@ -53,6 +55,8 @@ class WorkerOptions:
             checked["tags"] = tuple(check_tags(given["tags"]))
         if "timeout" in given and given["timeout"] is not _INHERIT:
             checked["timeout"] = check_timeout(given["timeout"])
+        if given.get("unique") is not None:
+            checked["unique"] = Unique.coerce(given["unique"])
         return replace(base, **checked)
 
 
@@ -78,7 +82,8 @@ class Worker:
 
     Options are given as class keywords and inherited by subclasses:
     `queue` ("default"), `max_attempts` (20), `priority` (0, first, to 9), `tags` (()),
-    `timeout` (None: no limit, seconds otherwise), `name` (the dotted path), `abstract`
+    `timeout` (None: no limit, seconds otherwise), `unique` (None; see `Unique`: True, a
+    period in seconds, a dict of options or a `Unique`), `name` (the dotted path), `abstract`
     (True for a base class that only shares options and is never run itself).
     One instance per node runs every job of the worker: keep no per-job state on `self`.
 
@@ -106,6 +111,7 @@ class Worker:
         priority: int | None = None,
         tags: Sequence[str] | None = None,
         timeout: float | None = _INHERIT,
+        unique: object = None,
         name: str | None = None,
         abstract: bool = False,
         **kwargs: Any,
@@ -115,7 +121,7 @@ class Worker:
             return
         cls.options = WorkerOptions.build(
             cls.options, queue=queue, max_attempts=max_attempts, priority=priority,
-            tags=tags, timeout=timeout,
+            tags=tags, timeout=timeout, unique=unique,
         )  # fmt: skip
         cls.name = _check_name(name or f"{cls.__module__}.{cls.__qualname__}")
         cls.is_async = inspect.iscoroutinefunction(cls.process)
@@ -147,8 +153,11 @@ class Worker:
         meta: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,
         schedule_in: float | None = None,
+        unique: object = None,
     ) -> Job:
         """Build an unsaved job for this worker; options default to the worker's.
+
+        `unique` overrides the worker's (False: not unique for this job).
 
         Example: `job = await app.insert(Analyse.new({"n": 1}, schedule_in=30))`.
         """
@@ -159,13 +168,15 @@ class Worker:
             queue=opts.queue if queue is None else check_queue(queue),
             worker=self_or_cls.name,
             args=check_json_object({} if args is None else args, "args"),
-            max_attempts=opts.max_attempts if max_attempts is None
+            max_attempts=opts.max_attempts
+            if max_attempts is None
             else check_max_attempts(max_attempts),
             priority=opts.priority if priority is None else check_priority(priority),
             tags=list(opts.tags) if tags is None else check_tags(tags),
             meta=check_json_object({} if meta is None else meta, "meta"),
             scheduled_at=when,
             schedule_in=delay,
+            unique=opts.unique if unique is None else Unique.coerce(unique),
         )
 
 
@@ -197,6 +208,7 @@ def worker(
     priority: int | None = None,
     tags: Sequence[str] | None = None,
     timeout: float | None = None,
+    unique: object = None,
     name: str | None = None,
 ) -> Any:
     """Make a worker of a function taking the job (async def, or def for a thread pool).
@@ -213,7 +225,7 @@ def worker(
             raise ConfigError(f"@worker needs a function, got {fn!r}")
         options = WorkerOptions.build(
             WorkerOptions(), queue=queue, max_attempts=max_attempts, priority=priority,
-            tags=tags, timeout=timeout,
+            tags=tags, timeout=timeout, unique=unique,
         )  # fmt: skip
         qualname = getattr(fn, "__qualname__", getattr(fn, "__name__", "worker"))
         full = _check_name(name or f"{fn.__module__}.{qualname}")
@@ -262,16 +274,16 @@ def _import_target(name: str) -> type[Worker] | Worker:
                 continue  # this prefix is not a module: try a shorter one
             raise UnknownWorkerError(f"unknown worker {name!r}: {exc}") from exc
         except Exception as exc:  # the module exists but failed to import
-            raise UnknownWorkerError(f"unknown worker {name!r}: importing {module_name} "
-                                     f"failed: {exc!r}") from exc
+            raise UnknownWorkerError(
+                f"unknown worker {name!r}: importing {module_name} failed: {exc!r}"
+            ) from exc
         if name in _REGISTRY:  # importing the module defined it
             return _REGISTRY[name]
         for attr in parts[split:]:
             obj = getattr(obj, attr, None)
         if isinstance(obj, Worker) or (isinstance(obj, type) and issubclass(obj, Worker)):
             return obj
-        raise UnknownWorkerError(f"unknown worker {name!r}: {module_name} has no worker "
-                                 f"{'.'.join(parts[split:])}")
+        raise UnknownWorkerError(
+            f"unknown worker {name!r}: {module_name} has no worker {'.'.join(parts[split:])}"
+        )
     raise UnknownWorkerError(f"unknown worker {name!r}: no importable module in that name")
-
-

@@ -19,11 +19,13 @@ from kerrera.engine.statements import (
     array_literal,
     copied_jobs,
     copy_rows,
+    flagged_job_row,
     insert_params,
     job_row,
     saved_jobs,
     split_due,
 )
+from kerrera.engine.unique import insert_unique
 
 log = logging.getLogger("kerrera.engine")
 
@@ -116,7 +118,10 @@ class PostgresEngine:
 
     async def _insert_on(self, conn: Any, jobs: Sequence[Job]) -> list[Job]:
         saved: dict[int, Job] = {}
-        now, later = split_due(jobs)
+        now, later, unique = split_due(jobs)
+        if unique:
+            made = await self._insert_unique(conn, [jobs[i] for i in unique])
+            saved.update(zip(unique, made, strict=True))
         for start in range(0, len(now), INSERT_BATCH):
             chunk = now[start : start + INSERT_BATCH]
             if len(chunk) >= COPY_FROM:
@@ -137,6 +142,18 @@ class PostgresEngine:
             await cur.execute(self.sql["insert_jobs"], params)
             rows = await cur.fetchall()
         return saved_jobs(jobs, rows)
+
+    async def _insert_unique(self, conn: Any, jobs: list[Job]) -> list[Job]:
+        steps = insert_unique(jobs, self.sql.insert_channel)
+        rows: Any = None
+        try:
+            while True:
+                name, params = steps.send(rows)
+                async with conn.cursor(row_factory=flagged_job_row) as cur:
+                    await cur.execute(self.sql[name], params)
+                    rows = await cur.fetchall()
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     async def _copy(self, conn: Any, jobs: list[Job]) -> list[Job]:
         # One transaction: ids and the timestamp the defaults use, the rows, the
@@ -189,8 +206,10 @@ class PostgresEngine:
 
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
         async with self.pool.connection() as c:
-            cur = await c.execute(self.sql["reclaim_jobs"],
-                                  {"queue": queue, "producer": producer, "running": list(running)})
+            cur = await c.execute(
+                self.sql["reclaim_jobs"],
+                {"queue": queue, "producer": producer, "running": list(running)},
+            )
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
@@ -215,8 +234,9 @@ class PostgresEngine:
 
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         async with self.pool.connection() as c:
-            cur = await c.execute(self.sql["stage_jobs"],
-                                  {"limit": limit, "channel": self.sql.insert_channel})
+            cur = await c.execute(
+                self.sql["stage_jobs"], {"limit": limit, "channel": self.sql.insert_channel}
+            )
             return {queue: int(n) for queue, n, _ in await cur.fetchall()}
 
     async def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
@@ -228,12 +248,14 @@ class PostgresEngine:
         return await self._rows("get_jobs", {"ids": list(ids)})
 
     async def retry_jobs(self, ids: Sequence[int]) -> list[Job]:
-        return await self._rows("retry_jobs",
-                                {"ids": list(ids), "channel": self.sql.insert_channel})
+        return await self._rows(
+            "retry_jobs", {"ids": list(ids), "channel": self.sql.insert_channel}
+        )
 
     async def cancel_jobs(self, ids: Sequence[int]) -> list[Job]:
-        return await self._rows("cancel_jobs",
-                                {"ids": list(ids), "signal": self.sql.signal_channel})
+        return await self._rows(
+            "cancel_jobs", {"ids": list(ids), "signal": self.sql.signal_channel}
+        )
 
     async def delete_jobs(self, ids: Sequence[int]) -> list[Job]:
         return await self._rows("delete_jobs", {"ids": list(ids)})

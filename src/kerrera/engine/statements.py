@@ -43,16 +43,51 @@ def _raw_queries() -> dict[str, str]:
 #: Scalar columns come back as they are; the five JSON and array columns come back as
 #: one JSON document (`doc`), parsed with a single orjson call: per fetched job that is
 #: several times cheaper than five json/array loaders.
-_SCALARS = ("id", "state", "queue", "worker", "attempt", "max_attempts", "inserted_at",
-            "scheduled_at", "attempted_at", "completed_at", "discarded_at", "priority",
-            "cancelled_at")
+_SCALARS = (
+    "id",
+    "state",
+    "queue",
+    "worker",
+    "attempt",
+    "max_attempts",
+    "inserted_at",
+    "scheduled_at",
+    "attempted_at",
+    "completed_at",
+    "discarded_at",
+    "priority",
+    "cancelled_at",
+)
+
+
+def state_text(alias: str = "") -> str:
+    """The job's state as text, in an immutable form (casting the enum is only stable,
+    which an index predicate does not allow)."""
+    whens = " ".join(f"WHEN '{s.value}' THEN '{s.value}'" for s in JobState)
+    return f"(CASE {alias}state {whens} END)"
+
+
+def unique_predicate(alias: str = "") -> str:
+    """Rows the unique index covers: those whose state is among their `uniq_states`.
+    The same text is used by the migration, the conflict target and the lookups, so
+    that PostgreSQL can prove the index applies."""
+    return f"(({alias}meta -> 'uniq_states') ? {state_text(alias)})"
+
+
+_PLACEHOLDER_RE = re.compile(r"\{(uniq_pred|state_text):([a-z]*\.?)\}")
+
+
+def _expand(body: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        return (unique_predicate if m[1] == "uniq_pred" else state_text)(m[2])
+
+    return _PLACEHOLDER_RE.sub(one, body)
 
 
 def _select_list(alias: str) -> str:
     scalars = ", ".join(f"{alias}{c}" for c in _SCALARS)
     a = alias
-    doc = (f"json_build_array({a}args, {a}errors, {a}attempted_by, {a}tags, {a}meta)::text "
-           "AS doc")
+    doc = f"json_build_array({a}args, {a}errors, {a}attempted_by, {a}tags, {a}meta)::text AS doc"
     return f"{scalars}, {doc}"
 
 
@@ -65,7 +100,9 @@ class Statements:
         cols = _select_list("")
         jcols = _select_list("j.")
         self._sql = {
-            name: body.replace("{prefix}", quoted).replace("{cols}", cols)
+            name: _expand(body)
+            .replace("{prefix}", quoted)
+            .replace("{cols}", cols)
             .replace("{jcols}", jcols)
             for name, body in _raw_queries().items()
         }
@@ -91,25 +128,65 @@ def insert_params(jobs: list[Job], channel: str) -> dict[str, Any]:
     return {"jobs": _json.dumps(rows), "channel": channel}
 
 
+def unique_params(jobs: list[Job], keys: list[str], channel: str) -> dict[str, Any]:
+    """Parameters of `insert_unique`: each job with its key stamped into `meta`."""
+    rows = []
+    for j, key in zip(jobs, keys, strict=True):
+        spec = j.unique
+        assert spec is not None
+        rows.append({
+            "queue": j.queue, "worker": j.worker, "args": j.args,
+            "meta": {**j.meta, "uniq_key": key, "uniq_states": list(spec.states)},
+            "tags": j.tags, "priority": j.priority, "max_attempts": j.max_attempts,
+            "at": _iso(j.scheduled_at), "delay": j.schedule_in, "ukey": key,
+            "period": spec.period, "uts": spec.timestamp,
+            "replace": None if spec.replace is None else
+            {state: list(fields) for state, fields in spec.replace.items()},
+        })  # fmt: skip
+    return {"jobs": _json.dumps(rows), "channel": channel}
+
+
 def saved_jobs(jobs: list[Job], rows: list[tuple[Any, ...]]) -> list[Job]:
     """New `Job` objects for inserted jobs: what the caller gave plus what the database
     decided (id, state, inserted_at, scheduled_at), without reading args back."""
     if len(rows) != len(jobs):
         raise RuntimeError(f"inserted {len(rows)} rows for {len(jobs)} jobs")
     return [
-        Job(id, JobState(state), j.queue, j.worker, j.args, [], 0, j.max_attempts,
-            inserted_at, scheduled_at, None, None, None, None, j.priority, j.tags, j.meta)
+        Job(
+            id,
+            JobState(state),
+            j.queue,
+            j.worker,
+            j.args,
+            [],
+            0,
+            j.max_attempts,
+            inserted_at,
+            scheduled_at,
+            None,
+            None,
+            None,
+            None,
+            j.priority,
+            j.tags,
+            j.meta,
+        )
         for j, (id, state, inserted_at, scheduled_at) in zip(jobs, rows, strict=True)
     ]
 
 
-def split_due(jobs: Sequence[Job]) -> tuple[list[int], list[int]]:
-    """Positions of jobs due now (COPY-able: every default applies) and of the others."""
+def split_due(jobs: Sequence[Job]) -> tuple[list[int], list[int], list[int]]:
+    """Positions of jobs due now (COPY-able: every default applies), of the other plain
+    jobs, and of unique jobs (which take their own statement)."""
     now: list[int] = []
     later: list[int] = []
+    unique: list[int] = []
     for i, job in enumerate(jobs):
-        (later if job.scheduled_at is not None or job.schedule_in else now).append(i)
-    return now, later
+        if job.unique is not None:
+            unique.append(i)
+        else:
+            (later if job.scheduled_at is not None or job.schedule_in else now).append(i)
+    return now, later, unique
 
 
 def copy_rows(ids: list[int], jobs: list[Job]) -> list[tuple[Any, ...]]:
@@ -118,8 +195,16 @@ def copy_rows(ids: list[int], jobs: list[Job]) -> list[tuple[Any, ...]]:
     # Empty meta and tags (the usual case) go as ready-made literals: serialising them
     # per row is a visible share of a bulk insert's time.
     return [
-        (id_, j.queue, j.worker, dumps(j.args), dumps(j.meta) if j.meta else "{}",
-         j.tags or "{}", j.priority, j.max_attempts)
+        (
+            id_,
+            j.queue,
+            j.worker,
+            dumps(j.args),
+            dumps(j.meta) if j.meta else "{}",
+            j.tags or "{}",
+            j.priority,
+            j.max_attempts,
+        )
         for id_, j in zip(ids, jobs, strict=True)
     ]
 
@@ -127,8 +212,25 @@ def copy_rows(ids: list[int], jobs: list[Job]) -> list[tuple[Any, ...]]:
 def copied_jobs(ids: list[int], at: datetime, jobs: list[Job]) -> list[Job]:
     """The `Job` objects of a COPY: available, inserted and scheduled at `at`."""
     return [
-        Job(id_, JobState.AVAILABLE, j.queue, j.worker, j.args, [], 0, j.max_attempts,
-            at, at, None, None, None, None, j.priority, j.tags, j.meta)
+        Job(
+            id_,
+            JobState.AVAILABLE,
+            j.queue,
+            j.worker,
+            j.args,
+            [],
+            0,
+            j.max_attempts,
+            at,
+            at,
+            None,
+            None,
+            None,
+            None,
+            j.priority,
+            j.tags,
+            j.meta,
+        )
         for id_, j in zip(ids, jobs, strict=True)
     ]
 
@@ -145,9 +247,34 @@ def job_row(cursor: Any) -> Any:
 def _load_job(v: Any) -> Job:
     args, errors, attempted_by, tags, meta = _json.loads(v[13])
     return Job(
-        v[0], _STATES[v[1]], v[2], v[3], args, errors or [], v[4], v[5], v[6], v[7], v[8],
-        v[9], attempted_by, v[10], v[11], tags or [], meta or {}, v[12],
+        v[0],
+        _STATES[v[1]],
+        v[2],
+        v[3],
+        args,
+        errors or [],
+        v[4],
+        v[5],
+        v[6],
+        v[7],
+        v[8],
+        v[9],
+        attempted_by,
+        v[10],
+        v[11],
+        tags or [],
+        meta or {},
+        v[12],
     )
+
+
+def flagged_job_row(cursor: Any) -> Any:
+    """Row factory for `{cols}` followed by one boolean: (Job, flag)."""
+    return _load_flagged
+
+
+def _load_flagged(v: Any) -> tuple[Job, bool]:
+    return _load_job(v), bool(v[14])
 
 
 def array_literal(values: list[int]) -> str:

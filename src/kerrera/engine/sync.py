@@ -19,7 +19,15 @@ from psycopg_pool import ConnectionPool
 from kerrera import _json
 from kerrera._job import Job
 from kerrera.engine.postgres import INSERT_BATCH
-from kerrera.engine.statements import Statements, insert_params, job_row, saved_jobs
+from kerrera.engine.statements import (
+    Statements,
+    flagged_job_row,
+    insert_params,
+    job_row,
+    saved_jobs,
+    split_due,
+)
+from kerrera.engine.unique import insert_unique
 
 
 class SyncPostgresEngine:
@@ -60,16 +68,32 @@ class SyncPostgresEngine:
             return cur.fetchall()
 
     def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
-        """Insert jobs, one statement per batch."""
-        out: list[Job] = []
+        """Insert jobs, one statement per batch (unique jobs in their own)."""
+        now, later, unique = split_due(jobs)
+        plain = sorted(now + later)
+        saved: dict[int, Job] = {}
         with self._connection(conn) as c:
-            for start in range(0, len(jobs), INSERT_BATCH):
-                chunk = list(jobs[start : start + INSERT_BATCH])
-                params = insert_params(chunk, self.sql.insert_channel)
+            for start in range(0, len(plain), INSERT_BATCH):
+                chunk = plain[start : start + INSERT_BATCH]
+                params = insert_params([jobs[i] for i in chunk], self.sql.insert_channel)
                 with c.cursor(row_factory=tuple_row) as cur:  # any caller row factory
                     rows = cur.execute(self.sql["insert_jobs"], params).fetchall()
-                out.extend(saved_jobs(chunk, rows))
-        return out
+                saved.update(zip(chunk, saved_jobs([jobs[i] for i in chunk], rows), strict=True))
+            if unique:
+                made = self._insert_unique(c, [jobs[i] for i in unique])
+                saved.update(zip(unique, made, strict=True))
+        return [saved[i] for i in range(len(jobs))]
+
+    def _insert_unique(self, conn: Any, jobs: list[Job]) -> list[Job]:
+        steps = insert_unique(jobs, self.sql.insert_channel)
+        rows: Any = None
+        try:
+            while True:
+                name, params = steps.send(rows)
+                with conn.cursor(row_factory=flagged_job_row) as cur:
+                    rows = cur.execute(self.sql[name], params).fetchall()
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
         """Complete a running attempt on the caller's connection; False if it lost it."""
@@ -83,13 +107,15 @@ class SyncPostgresEngine:
 
     def retry_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Make jobs that are not running available again."""
-        return self._rows("retry_jobs", {"ids": list(ids), "channel": self.sql.insert_channel},
-                          conn)
+        return self._rows(
+            "retry_jobs", {"ids": list(ids), "channel": self.sql.insert_channel}, conn
+        )
 
     def cancel_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Cancel unfinished jobs."""
-        return self._rows("cancel_jobs", {"ids": list(ids), "signal": self.sql.signal_channel},
-                          conn)
+        return self._rows(
+            "cancel_jobs", {"ids": list(ids), "signal": self.sql.signal_channel}, conn
+        )
 
     def delete_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Delete jobs that are not running."""

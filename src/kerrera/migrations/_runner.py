@@ -32,9 +32,18 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Oban v14 jobs and peers tables (if absent)", _steps.up_1, _steps.down_1),
-    Migration(2, "partial index of scheduled/retryable jobs by due time",
-              _steps.up_2, _steps.down_2, transactional=False),
+    Migration(
+        2,
+        "partial index of scheduled/retryable jobs by due time",
+        _steps.up_2,
+        _steps.down_2,
+        transactional=False,
+    ),
     Migration(3, "producer heartbeats for the lifeline", _steps.up_3, _steps.down_3),
+    Migration(
+        4, "unique index of unique jobs' keys", _steps.up_4, _steps.down_4, transactional=False
+    ),
+    Migration(5, "queue control, cron ticks and producer state", _steps.up_5, _steps.down_5),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 #: How long a migrator waits for another one to finish.
@@ -77,8 +86,9 @@ def _migration_lock(conn: psycopg.Connection[Any], prefix: str) -> Iterator[None
     deadline = time.monotonic() + LOCK_TIMEOUT
     while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:  # type: ignore[index]
         if time.monotonic() > deadline:
-            raise SchemaError(f"another migration of {prefix!r} held the lock for "
-                              f"{LOCK_TIMEOUT:.0f}s")
+            raise SchemaError(
+                f"another migration of {prefix!r} held the lock for {LOCK_TIMEOUT:.0f}s"
+            )
         time.sleep(0.1)
     try:
         yield
@@ -135,8 +145,9 @@ def migrate_down(
                 with _step(conn, step), conn.cursor() as cur:
                     step.down(cur, p, notes.get(step.version, ""))
                 with conn.transaction():
-                    conn.execute(f"DELETE FROM {p}.kerrera_migrations WHERE version = %s",
-                                 (step.version,))
+                    conn.execute(
+                        f"DELETE FROM {p}.kerrera_migrations WHERE version = %s", (step.version,)
+                    )
                 log.info("migrated %s down from version %d", prefix, step.version)
                 reverted.append(step.version)
     return reverted

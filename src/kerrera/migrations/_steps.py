@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kerrera.engine.statements import unique_predicate
+
 OBAN_V14 = """
 CREATE TYPE {p}.oban_job_state AS ENUM
   ('available','suspended','scheduled','executing','retryable','completed','discarded',
@@ -75,22 +77,29 @@ def down_1(cur: Any, p: str, note: str) -> None:
         cur.execute(f"DROP TYPE IF EXISTS {p}.oban_job_state")
 
 
-def up_2(cur: Any, p: str) -> str:
-    """A partial index of jobs waiting for a time, so staging never scans the backlog.
-
-    Built CONCURRENTLY (outside a transaction): on a large table that an Elixir node is
-    using, a plain CREATE INDEX would block its writes for the whole build. A build that
-    was interrupted leaves an invalid index behind, which is dropped and rebuilt."""
+def _build_concurrently(cur: Any, p: str, name: str, definition: str) -> None:
+    """CREATE INDEX CONCURRENTLY (outside a transaction): on a large table that an Elixir
+    node is using, a plain CREATE INDEX would block its writes for the whole build. A
+    build that was interrupted leaves an invalid index behind: dropped and rebuilt."""
     cur.execute(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE c.oid = to_regclass(%s)", (f"{p}.kerrera_jobs_due_index",),
+        "WHERE c.oid = to_regclass(%s)",
+        (f"{p}.{name}",),
     )
     row = cur.fetchone()
     if row is not None and not row[0]:
-        cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {p}.kerrera_jobs_due_index")
-    cur.execute(
-        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS kerrera_jobs_due_index ON {p}.oban_jobs "
-        "(scheduled_at, id) WHERE state IN ('scheduled', 'retryable')"
+        cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {p}.{name}")
+    cur.execute(f"CREATE {definition.format(name=f'IF NOT EXISTS {name}', p=p)}")
+
+
+def up_2(cur: Any, p: str) -> str:
+    """A partial index of jobs waiting for a time, so staging never scans the backlog."""
+    _build_concurrently(
+        cur,
+        p,
+        "kerrera_jobs_due_index",
+        "INDEX CONCURRENTLY {name} ON {p}.oban_jobs (scheduled_at, id) "
+        "WHERE state IN ('scheduled', 'retryable')",
     )
     return ""
 
@@ -114,3 +123,49 @@ def up_3(cur: Any, p: str) -> str:
 
 def down_3(cur: Any, p: str, note: str) -> None:
     cur.execute(f"DROP TABLE IF EXISTS {p}.kerrera_producers")
+
+
+def up_4(cur: Any, p: str) -> str:
+    """Unique jobs: one row per `meta.uniq_key` among rows in their counted states."""
+    _build_concurrently(
+        cur,
+        p,
+        "kerrera_jobs_unique_index",
+        "UNIQUE INDEX CONCURRENTLY {name} ON {p}.oban_jobs "
+        f"((meta ->> 'uniq_key')) WHERE {unique_predicate()}",
+    )
+    return ""
+
+
+def down_4(cur: Any, p: str, note: str) -> None:
+    cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {p}.kerrera_jobs_unique_index")
+
+
+def up_5(cur: Any, p: str) -> str:
+    """Cluster state: queue control that survives restarts, cron ticks, and what each
+    producer reports about itself (for check_all_queues)."""
+    cur.execute(f"""
+        CREATE TABLE IF NOT EXISTS {p}.kerrera_queues (
+          queue text NOT NULL,
+          node text NOT NULL DEFAULT '',
+          paused boolean,
+          "limit" integer,
+          running boolean,
+          updated_at timestamp NOT NULL DEFAULT timezone('UTC', now()),
+          PRIMARY KEY (queue, node)
+        );
+        CREATE TABLE IF NOT EXISTS {p}.kerrera_cron (
+          name text PRIMARY KEY,
+          last_tick timestamp NOT NULL,
+          updated_at timestamp NOT NULL DEFAULT timezone('UTC', now())
+        );
+        ALTER TABLE {p}.kerrera_producers
+          ADD COLUMN IF NOT EXISTS state jsonb NOT NULL DEFAULT '{{}}';""")
+    return ""
+
+
+def down_5(cur: Any, p: str, note: str) -> None:
+    cur.execute(f"""
+        DROP TABLE IF EXISTS {p}.kerrera_queues;
+        DROP TABLE IF EXISTS {p}.kerrera_cron;
+        ALTER TABLE {p}.kerrera_producers DROP COLUMN IF EXISTS state;""")

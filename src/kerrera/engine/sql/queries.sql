@@ -30,6 +30,69 @@ WITH input AS (
 SELECT ins.id, ins.state, ins.inserted_at, ins.scheduled_at
 FROM ins, notified ORDER BY ins.id;
 
+-- name: insert_unique
+-- Unique jobs (see _unique.py): one statement per batch, keys already distinct within
+-- it. An older holder of a key whose period has passed is retired first; then the
+-- unique partial index decides, so concurrent inserters of one key get one row. On a
+-- conflict the existing job is overwritten only where its `replace` spec allows, and
+-- returned then (inserted = false); other conflicts return nothing here and the caller
+-- reads the holder with get_unique.
+WITH input AS (
+  SELECT j.*, coalesce(j.at, timezone('UTC', now()) + make_interval(secs => coalesce(j.delay, 0))) AS due
+  FROM ROWS FROM (json_to_recordset(%(jobs)s::json)
+    AS (queue text, worker text, args jsonb, meta jsonb, tags text[], priority int,
+        max_attempts int, at timestamp, delay float8, ukey text, period float8, uts text,
+        replace jsonb)) WITH ORDINALITY
+    AS j(queue, worker, args, meta, tags, priority, max_attempts, at, delay, ukey, period,
+         uts, replace, ord)
+), retired AS (
+  UPDATE {prefix}.oban_jobs
+  SET meta = (meta - 'uniq_key' - 'uniq_states')
+             || jsonb_build_object('uniq_retired', meta -> 'uniq_key')
+  WHERE id IN (
+    SELECT o.id FROM input i JOIN {prefix}.oban_jobs o ON o.meta ->> 'uniq_key' = i.ukey
+    WHERE i.period IS NOT NULL AND {uniq_pred:o.}
+      AND CASE WHEN i.uts = 'scheduled_at' THEN o.scheduled_at ELSE o.inserted_at END
+          < CASE WHEN i.uts = 'scheduled_at' THEN i.due ELSE timezone('UTC', now()) END
+            - make_interval(secs => i.period))
+  RETURNING id
+), ins AS (
+  INSERT INTO {prefix}.oban_jobs AS j
+    (state, queue, worker, args, meta, tags, priority, max_attempts, scheduled_at)
+  SELECT CASE WHEN due > timezone('UTC', now()) THEN 'scheduled' ELSE 'available' END
+           ::{prefix}.oban_job_state,
+         queue, worker, args, meta, coalesce(tags, '{}'), priority, max_attempts, due
+  -- the count makes the retiring finish before the first row goes in
+  FROM input, (SELECT count(*) FROM retired) r ORDER BY ord
+  ON CONFLICT ((meta ->> 'uniq_key')) WHERE {uniq_pred:}
+  DO UPDATE SET (args, max_attempts, meta, priority, queue, scheduled_at, state, tags, worker) = (
+    SELECT CASE WHEN f ? 'args' THEN EXCLUDED.args ELSE j.args END,
+           CASE WHEN f ? 'max_attempts' THEN greatest(EXCLUDED.max_attempts, j.attempt)
+                ELSE j.max_attempts END,
+           CASE WHEN f ? 'meta' THEN EXCLUDED.meta ELSE j.meta END,
+           CASE WHEN f ? 'priority' THEN EXCLUDED.priority ELSE j.priority END,
+           CASE WHEN f ? 'queue' THEN EXCLUDED.queue ELSE j.queue END,
+           CASE WHEN f ? 'scheduled_at' THEN EXCLUDED.scheduled_at ELSE j.scheduled_at END,
+           CASE WHEN f ? 'scheduled_at' AND j.state IN ('available', 'scheduled')
+                THEN EXCLUDED.state ELSE j.state END,
+           CASE WHEN f ? 'tags' THEN EXCLUDED.tags ELSE j.tags END,
+           CASE WHEN f ? 'worker' THEN EXCLUDED.worker ELSE j.worker END
+    FROM (SELECT i.replace -> {state_text:j.} AS f FROM input i
+          WHERE i.ukey = EXCLUDED.meta ->> 'uniq_key') spec)
+  WHERE (SELECT i.replace ? {state_text:j.} FROM input i
+         WHERE i.ukey = EXCLUDED.meta ->> 'uniq_key')
+  RETURNING {jcols}, j.xmax = 0 AS inserted
+), notified AS (
+  SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
+  FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+)
+SELECT ins.* FROM ins, notified ORDER BY ins.id;
+
+-- name: get_unique
+-- The jobs that hold these unique keys now.
+SELECT {cols}, false AS inserted FROM {prefix}.oban_jobs
+WHERE meta ->> 'uniq_key' = ANY(%(keys)s::text[]) AND {uniq_pred:};
+
 -- name: reserve_ids
 -- Bulk insert by COPY, step 1 (inside one transaction): draw the ids, and read the
 -- transaction's timestamp, which is what the inserted_at/scheduled_at defaults will use.
@@ -197,14 +260,22 @@ SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY
 
 -- name: retry_jobs
 -- Any job that is not running goes back to available now; a job whose attempts are spent
--- gets one more.
+-- gets one more. A unique job whose key another job holds meanwhile gives its key up
+-- (renamed uniq_retired): a retry by hand should not fail on the unique index.
 WITH retried AS (
-  UPDATE {prefix}.oban_jobs
+  UPDATE {prefix}.oban_jobs j
   SET state = 'available', scheduled_at = timezone('UTC', now()),
-      max_attempts = greatest(max_attempts, attempt + 1),
-      completed_at = NULL, cancelled_at = NULL, discarded_at = NULL
-  WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'executing'
-  RETURNING {cols}
+      max_attempts = greatest(j.max_attempts, j.attempt + 1),
+      completed_at = NULL, cancelled_at = NULL, discarded_at = NULL,
+      meta = CASE WHEN EXISTS (
+                   SELECT 1 FROM {prefix}.oban_jobs o
+                   WHERE o.meta ->> 'uniq_key' = j.meta ->> 'uniq_key' AND o.id <> j.id
+                     AND {uniq_pred:o.})
+                  THEN (j.meta - 'uniq_key' - 'uniq_states')
+                       || jsonb_build_object('uniq_retired', j.meta -> 'uniq_key')
+                  ELSE j.meta END
+  WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state <> 'executing'
+  RETURNING {jcols}
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM retried) q
