@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from acceptance.nodes import Node
 from support import scripted
 
 from kerrera import Kerrera
@@ -95,3 +96,46 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+# -- real node processes (acceptance tests) ---------------------------------------------
+
+
+@pytest.fixture
+def run(dsn: str, prefix: str) -> Iterator[Callable[..., Node]]:
+    """Start `kerrera <command> --dsn <test db> --prefix <test schema> ...`; processes
+    still alive at teardown are killed."""
+    nodes: list[Node] = []
+
+    def start(command: str, *args: str) -> Node:
+        node = Node([command, "--dsn", dsn, "--prefix", prefix, *args])
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.kill()
+
+
+@pytest.fixture
+def start_node(run: Callable[..., Node]) -> Callable[..., Node]:
+    """Start a worker node on the test schema running acceptance.nodeworkers' workers, and
+    wait until it says it runs its queues."""
+
+    def start(*, queues: str = "default:5", grace: float = 1.0, name: str | None = None,
+              extra: tuple[str, ...] = ()) -> Node:  # fmt: skip
+        args = ["--queues", queues, "--module", "acceptance.nodeworkers",
+                "--shutdown-grace-period", str(grace), *extra]
+        if name is not None:
+            args += ["--node", name]
+        node = run("start", *args)
+        node.wait_for("running queues")
+        return node
+
+    return start
+
+
+@pytest.fixture
+def client(dsn: str, prefix: str) -> Kerrera:
+    """An app with no queues, for inserting and reading jobs (through `.sync`)."""
+    return Kerrera(dsn, prefix=prefix)

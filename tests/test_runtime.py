@@ -71,13 +71,13 @@ async def test_notification_starts_a_job_without_waiting_for_the_poll(make_app: 
 async def test_pause_resume_and_scale(make_app: Any, sql: Any) -> None:
     app = make_app(queues={"default": 1})
     async with app:
-        app.pause_queue("default")
+        await app.pause_queue("default")
         await app.insert_all([Scripted.new({"do": "sleep", "seconds": 0.05}) for _ in range(6)])
         await asyncio.sleep(1.5)  # longer than the poll interval: nothing may start
         assert scripted.RUNS == []
         assert app.check_queue("default")["paused"] is True
-        app.scale_queue("default", 3)
-        app.resume_queue("default")
+        await app.scale_queue("default", 3)
+        await app.resume_queue("default")
         await eventually(lambda: sql("SELECT count(*) = 6 FROM oban_jobs "
                                      "WHERE state = 'completed'")[0][0])
         check = app.check_queue("default")
@@ -102,13 +102,13 @@ async def test_jobs_from_a_lost_fetch_reply_are_reclaimed(make_app: Any, sql: An
     app = make_app(queues={"default": 1})
     async with app:
         producer = app.producers["default"]
-        app.pause_queue("default")
+        await app.pause_queue("default")
         job = await app.insert(Scripted.new({}))
         # What a fetch that committed but whose reply was lost leaves behind:
         sql("UPDATE oban_jobs SET state = 'executing', attempt = 1, "
             "attempted_by = ARRAY[%s, %s] WHERE id = %s", (app.node, producer.uuid, job.id))
         producer._failures = 1  # the producer saw that fetch fail
-        app.resume_queue("default")
+        await app.resume_queue("default")
         await eventually(lambda: _state_is(app, job.id, JobState.COMPLETED))
     done = await make_app().get_job(job.id)
     # The lost fetch did not spend an attempt: it was given back with max_attempts + 1.

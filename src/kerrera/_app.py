@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, overload
 
 import psycopg
 
+from kerrera import _json
 from kerrera._config import Config
 from kerrera._context import _CURRENT
+from kerrera._control import QueueControl, addressed_to, signal_payload
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
@@ -22,7 +24,8 @@ from kerrera._sync import SyncKerrera
 from kerrera.engine.postgres import PostgresEngine
 from kerrera.notifier import IsolatedNotifier, Notifier, PostgresNotifier
 from kerrera.queue import DaemonThreadPool, Executor, Producer
-from kerrera.services import Lifeline, Stager
+from kerrera.services import Cron, Leadership, Lifeline, Pruner, Reindexer, Stager
+from kerrera.services.leader import PEER_NAME
 
 log = logging.getLogger("kerrera")
 
@@ -51,6 +54,17 @@ class Kerrera:
       sync_threads (sum of limits, at most 64): threads for sync workers.
       data_dir (".kerrera"): where the embedded PostgreSQL keeps its data.
       notifier ("postgres"): "isolated" keeps notifications in-process.
+      leader (True): whether this node may lead; leader_lease (30 s). The leader alone
+        runs the stager, pruner, cron and reindexer.
+      crontab ([]): `[(expression, worker, {"args": ..., "queue": ..., "timezone": ...,
+        "name": ...}), ...]`: standard 5-field expressions, @hourly/@daily/@weekly/
+        @monthly/@yearly/@reboot; each tick is inserted once across the cluster.
+      cron_catch_up (300 s): ticks missed this long ago (leader change, restart) are
+        still inserted.
+      prune_max_age (7 days): finished jobs older than this are deleted; a dict per
+        state ({"completed": 3600, "discarded": None}) or None to keep everything.
+      prune_interval (30 s), prune_limit (10,000 rows per batch).
+      reindex_schedule ("@daily", UTC): when to rebuild the jobs indexes; None: never.
 
     Example:
         app = Kerrera(queues={"default": 10, "media": 2})
@@ -78,6 +92,14 @@ class Kerrera:
         sync_threads: int | None = None,
         data_dir: str = ".kerrera",
         notifier: str = "postgres",
+        leader: bool = True,
+        leader_lease: float = 30.0,
+        crontab: Sequence[tuple[Any, ...]] | None = None,
+        cron_catch_up: float = 300.0,
+        prune_max_age: float | Mapping[str, float | None] | None = 7 * 86400.0,
+        prune_interval: float = 30.0,
+        prune_limit: int = 10_000,
+        reindex_schedule: str | None = "@daily",
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -88,19 +110,26 @@ class Kerrera:
             stage_interval=stage_interval, heartbeat_interval=heartbeat_interval,
             producer_ttl=producer_ttl, rescue_interval=rescue_interval,
             rescue_after=rescue_after, pool_size=pool_size, sync_threads=sync_threads,
-            data_dir=data_dir, notifier=notifier,
+            data_dir=data_dir, notifier=notifier, leader=leader, leader_lease=leader_lease,
+            crontab=crontab or (), cron_catch_up=cron_catch_up, prune_max_age=prune_max_age,
+            prune_interval=prune_interval, prune_limit=prune_limit,
+            reindex_schedule=reindex_schedule,
         )  # fmt: skip
         self.node = self.config.node
         self.producers: dict[str, Producer] = {}
         self._engine: PostgresEngine | None = None
         self._notifier: Notifier | None = None
-        self._stager: Stager | None = None
+        self._services: list[Any] = []  # leader-only services, stopped in reverse
+        self._leadership: Leadership | None = None
+        self._control: QueueControl | None = None
+        self._executor: Executor | None = None
         self._lifeline: Lifeline | None = None
         self._threads: DaemonThreadPool | None = None
         self._open_lock: asyncio.Lock | None = None
         self._dsn: str | None = None
         self._running = False
         self._sync: SyncKerrera | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -142,40 +171,60 @@ class Kerrera:
         return self._engine
 
     async def start(self) -> None:
-        """Connect, migrate (unless `migrate=False`) and start this node's queues."""
+        """Connect, migrate (unless `migrate=False`) and start this node's queues and
+        services. A node with neither queues nor a crontab only inserts and manages."""
         if self._running:
             return
         engine = await self._open()
         self._running = True
         _CURRENT.set(self)  # tasks created from here on (producers, jobs) inherit it
-        if not self.config.queues:
+        c = self.config
+        if not c.queues and not c.crontab:
             return
-        self._threads = DaemonThreadPool(self.config.threads)
-        executor = Executor(self._threads)
-        for queue, limit in self.config.queues.items():
-            self.producers[queue] = Producer(
-                queue, limit, engine=engine, executor=executor, node=self.node,
-                poll_interval=self.config.poll_interval,
-            )  # fmt: skip
-        notifier: Notifier = (PostgresNotifier(engine) if self.config.notifier == "postgres"
+        self._threads = DaemonThreadPool(c.threads)
+        self._executor = Executor(self._threads)
+        notifier: Notifier = (PostgresNotifier(engine) if c.notifier == "postgres"
                               else IsolatedNotifier())
         notifier.listen(engine.sql.insert_channel, self._on_insert)
         notifier.listen(engine.sql.signal_channel, self._on_signal)
+        notifier.listen(engine.sql.leader_channel, self._on_leader)
+        notifier.listen(engine.sql.control_channel, self._on_control)
         notifier.on_status(self._on_notifier_status)
         self._notifier = notifier
         await notifier.start()
-        c = self.config
         self._lifeline = Lifeline(
             engine, self._producer_rows, heartbeat_interval=c.heartbeat_interval,
             producer_ttl=c.producer_ttl, rescue_interval=c.rescue_interval,
             rescue_after=c.rescue_after,
         )  # fmt: skip
-        await self._lifeline.start()  # heartbeats first: no job is fetched by a nobody
-        for producer in self.producers.values():
-            producer.start()
-        self._stager = Stager(engine, self._wake_queue, interval=self.config.stage_interval)
-        self._stager.start()
-        log.info("node %s started queues %s", self.node, dict(self.config.queues))
+        await self._lifeline.start()
+        self._control = QueueControl(
+            engine, self.node, c.queues if c.queues else {}, self.producers,
+            self._new_producer, self._beat, c.shutdown_grace_period,
+        )  # fmt: skip
+        await self._control.refresh()  # persisted operator commands win over the config
+        await self._start_services(engine)
+        log.info("node %s started queues %s", self.node,
+                 {q: p.limit for q, p in self.producers.items()})
+
+    async def _start_services(self, engine: PostgresEngine) -> None:
+        c = self.config
+        leadership = Leadership(engine, self.node, lease=c.leader_lease, eligible=c.leader,
+                                on_change=self._on_leadership)
+        self._leadership = leadership
+        services: list[Any] = [Stager(engine, self._wake_queue, interval=c.stage_interval,
+                                      should_run=lambda: leadership.is_leader)]
+        if any(age is not None for age in c.prune_max_age.values()):
+            services.append(Pruner(engine, leadership, c.prune_max_age,
+                                   interval=c.prune_interval, limit=c.prune_limit))
+        if c.crontab:
+            services.append(Cron(engine, leadership, c.crontab, catch_up=c.cron_catch_up))
+        if c.reindex_schedule is not None:
+            services.append(Reindexer(engine, leadership, c.reindex_schedule))
+        self._services = services
+        await leadership.start()  # one election first: a lone node leads at once
+        for service in services:
+            service.start()
 
     async def stop(self, grace: float | None = None) -> int:
         """Stop fetching, wait up to `grace` (default `shutdown_grace_period`) for running
@@ -185,9 +234,14 @@ class Kerrera:
             return 0
         self._running = False
         grace = self.config.shutdown_grace_period if grace is None else grace
-        if self._stager is not None:
-            await self._stager.stop()
+        for service in reversed(self._services):
+            await service.stop()
+        self._services = []
+        if self._leadership is not None:  # resign now: another node takes over at once
+            await self._leadership.stop()
         released = sum(await asyncio.gather(*(p.stop(grace) for p in self.producers.values())))
+        if self._control is not None:
+            await self._control.wait_stopped()
         if self._lifeline is not None:  # heartbeats went on while the queues drained
             await self._lifeline.stop([p.uuid for p in self.producers.values()])
             self._lifeline = None
@@ -282,19 +336,47 @@ class Kerrera:
         """Delete jobs that are not executing; returns what was deleted."""
         return one_or_many(ids, await (await self._open()).delete_jobs(as_ids(ids)))
 
-    def pause_queue(self, queue: str) -> None:
-        """Stop fetching new jobs of `queue` on this node; running jobs go on."""
-        self._producer(queue).pause()
+    async def pause_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Stop fetching new jobs of `queue` on every node (or on `node`); running jobs go
+        on. The pause is persisted: it outlives restarts and deploys until resumed."""
+        await self._queue_command("pause", queue, node, {"paused": True})
 
-    def resume_queue(self, queue: str) -> None:
-        """Fetch jobs of `queue` on this node again."""
-        self._producer(queue).resume()
+    async def resume_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Fetch jobs of `queue` again on every node (or on `node`)."""
+        await self._queue_command("resume", queue, node, {"paused": False})
 
-    def scale_queue(self, queue: str, limit: int) -> None:
-        """Change how many jobs of `queue` run at once on this node."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigError(f"option 'limit' must be an integer >= 1, got {limit!r}")
-        self._producer(queue).scale(limit)
+    async def scale_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
+        """Run at most `limit` jobs of `queue` at once per node, on every node (or on
+        `node`). Persisted: it wins over the configured limit until scaled again."""
+        _check_limit(limit)
+        await self._queue_command("scale", queue, node, {"limit": limit}, limit)
+
+    async def start_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
+        """Start running `queue` with `limit` on every running Kerrera node (or `node`)."""
+        _check_limit(limit)
+        await self._queue_command("start", queue, node, {"running": True, "limit": limit},
+                                  limit)
+
+    async def stop_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Stop running `queue` on every node (or `node`): running jobs get the shutdown
+        grace period, then go back to available."""
+        await self._queue_command("stop", queue, node, {"running": False})
+
+    async def _queue_command(
+        self, action: str, queue: str, node: str | None, changes: dict[str, Any],
+        limit: int | None = None,
+    ) -> None:  # fmt: skip
+        check_queue(queue)
+        if node is not None and (not isinstance(node, str) or not node):
+            raise ConfigError(f"option 'node' must be a node name or None, got {node!r}")
+        engine = await self._open()
+        payload = signal_payload(action, queue, node, limit)
+        await engine.set_queue_state(queue, node or "", changes, payload)
+        if self._control is not None and node in (None, self.node):
+            await self._control.refresh()  # applied here before returning
+        self._grow_threads()
+
+    def _grow_threads(self) -> None:
         if self._threads is not None and self.config.sync_threads is None:
             # Sync workers get as many threads as the queues can now run (at most 64).
             total = sum(p.limit for p in self.producers.values())
@@ -304,6 +386,39 @@ class Kerrera:
         """`queue` on this node: `limit`, `running` (a count), `running_ids`, `paused`,
         `started`, `node`, `uuid` (the producer's, as in `attempted_by`), `started_at`."""
         return self._producer(queue).check()
+
+    async def check_all_queues(self, *, fresh: float = 1.0) -> list[dict[str, Any]]:
+        """Every queue on every live node: `node`, `queue`, `limit`, `running`, `paused`,
+        `started`, `uuid`, `started_at`, `updated_at`. Nodes are asked to report first and
+        given up to `fresh` seconds to do so; a node that does not answer in time shows
+        its last heartbeat."""
+        engine = await self._open()
+        asked = await engine.db_now()
+        await engine.notify(engine.sql.control_channel, '{"action":"report"}')
+        deadline = asyncio.get_running_loop().time() + fresh
+        while True:
+            rows = await engine.producer_states(self.config.producer_ttl)
+            late = [r for r in rows if r[4] < asked]
+            if not late or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        out = []
+        for node, queue, uuid, started_at, updated_at, state in rows:
+            info = {"node": node, "queue": queue, "uuid": uuid, "started_at": started_at,
+                    "updated_at": updated_at, "limit": None, "running": None,
+                    "paused": None, "started": True}
+            info.update(_json.loads(state) if state else {})
+            out.append(info)
+        return out
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node currently leads the cluster (runs the leader-only services)."""
+        return self._leadership is not None and self._leadership.is_leader
+
+    async def leader(self) -> str | None:
+        """The node that holds Kerrera's leadership lease now, if any."""
+        return await (await self._open()).get_leader(PEER_NAME)
 
     @property
     def sync(self) -> SyncKerrera:
@@ -320,8 +435,33 @@ class Kerrera:
         except KeyError:
             raise ConfigError(f"queue {queue!r} is not running on node {self.node}") from None
 
-    def _producer_rows(self) -> list[tuple[str, str, str]]:
-        return [(p.uuid, self.node, p.queue) for p in self.producers.values()]
+    def _producer_rows(self) -> list[tuple[str, str, str, str]]:
+        rows = []
+        for p in self.producers.values():
+            state = {"limit": p.limit, "running": len(p.running), "paused": p.paused,
+                     "started": not p.stopping}
+            rows.append((p.uuid, self.node, p.queue, _json.dumps(state)))
+        return rows
+
+    def _new_producer(self, queue: str, limit: int, paused: bool) -> Producer:
+        assert self._executor is not None and self._engine is not None
+        return Producer(
+            queue, limit, engine=self._engine, executor=self._executor, node=self.node,
+            poll_interval=self.config.poll_interval, paused=paused,
+        )  # fmt: skip
+
+    async def _beat(self) -> None:
+        if self._lifeline is not None:
+            try:
+                await self._lifeline.beat()
+            except Exception as exc:  # the periodic heartbeat catches up
+                log.warning("heartbeat failed (%s)", exc)
+        self._grow_threads()
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _wake_queue(self, queue: str) -> None:
         producer = self.producers.get(queue)
@@ -334,11 +474,38 @@ class Kerrera:
             self._wake_queue(queue)
 
     def _on_signal(self, _channel: str, message: dict[str, Any]) -> None:
-        if message.get("action") == "pkill" and type(message.get("job_id")) is int:
+        action = message.get("action")
+        if action == "pkill" and type(message.get("job_id")) is int:
             for producer in self.producers.values():
                 producer.kill(message["job_id"])
+        elif self._control is not None and addressed_to(message.get("ident"), self.node):
+            if message.get("kerrera") is True:
+                self._control.refresh_soon()  # the table says what to do
+            elif self._control.apply_signal(message):
+                self._background(self._beat())
+
+    def _on_leader(self, _channel: str, message: dict[str, Any]) -> None:
+        if self._leadership is not None and message.get("down") == self._leadership.name:
+            self._leadership.wake()
+
+    def _on_control(self, _channel: str, message: dict[str, Any]) -> None:
+        if message.get("action") == "report":
+            self._background(self._beat())
+
+    def _on_leadership(self, leading: bool) -> None:
+        if leading:
+            for service in self._services:
+                if isinstance(service, Cron):
+                    service.wake()  # catch up the ticks owed since the last leader
 
     def _on_notifier_status(self, up: bool) -> None:
-        if up:  # catch up on anything inserted while we were deaf
+        if up:  # catch up on anything inserted or signalled while we were deaf
             for producer in self.producers.values():
                 producer.wake()
+            if self._control is not None:
+                self._control.refresh_soon()
+
+
+def _check_limit(limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"option 'limit' must be an integer >= 1, got {limit!r}")

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kerrera._cron_entries import parse_crontab
+from kerrera._crontab import CronExpression
 from kerrera._errors import ConfigError
 from kerrera._options import check_queue
 from kerrera.engine.statements import check_prefix
@@ -34,6 +36,14 @@ class Config:
     sync_threads: int | None = None
     data_dir: str = ".kerrera"
     notifier: str = "postgres"
+    leader: bool = True
+    leader_lease: float = 30.0
+    crontab: Any = ()
+    cron_catch_up: float = 300.0
+    prune_max_age: Any = 7 * 86400.0
+    prune_interval: float = 30.0
+    prune_limit: int = 10_000
+    reindex_schedule: Any = "@daily"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -61,6 +71,19 @@ class Config:
             )
         if not isinstance(self.data_dir, str | os.PathLike):
             raise ConfigError(f"option 'data_dir' must be a path, got {self.data_dir!r}")
+        if not isinstance(self.leader, bool):
+            raise ConfigError(f"option 'leader' must be True or False, got {self.leader!r}")
+        for name in ("leader_lease", "cron_catch_up", "prune_interval"):
+            _check_seconds(name, getattr(self, name), allow_zero=name == "cron_catch_up")
+        _check_count("prune_limit", self.prune_limit)
+        set_(self, "prune_max_age", _check_max_age(self.prune_max_age))
+        set_(self, "crontab", parse_crontab(self.crontab))
+        if self.reindex_schedule is not None and not isinstance(self.reindex_schedule,
+                                                                CronExpression):
+            if not isinstance(self.reindex_schedule, str):
+                raise ConfigError("option 'reindex_schedule' must be a cron expression or "
+                                  f"None, got {self.reindex_schedule!r}")
+            set_(self, "reindex_schedule", CronExpression.parse(self.reindex_schedule))
 
     @classmethod
     def unknown(cls, given: Mapping[str, Any]) -> ConfigError:
@@ -95,6 +118,29 @@ def _check_queues(queues: object) -> dict[str, int]:
             )
         out[name] = limit
     return out
+
+
+_PRUNED_STATES = ("completed", "cancelled", "discarded")
+
+
+def _check_max_age(value: object) -> dict[str, float | None]:
+    """One age for every finished state, a dict per state (missing states are kept), or
+    None to keep everything."""
+    if value is None:
+        return dict.fromkeys(_PRUNED_STATES)
+    if isinstance(value, Mapping):
+        wrong = [k for k in value if k not in _PRUNED_STATES]
+        if wrong:
+            raise ConfigError(f"option 'prune_max_age': unknown state {wrong[0]!r} (use "
+                              f"{', '.join(_PRUNED_STATES)})")
+        out: dict[str, float | None] = dict.fromkeys(_PRUNED_STATES)
+        for state, age in value.items():
+            if age is not None:
+                _check_seconds(f"prune_max_age[{state!r}]", age, allow_zero=False)
+                out[state] = float(age)
+        return out
+    _check_seconds("prune_max_age", value, allow_zero=False)
+    return dict.fromkeys(_PRUNED_STATES, float(value))  # type: ignore[arg-type]
 
 
 def _check_node(node: object) -> str:

@@ -72,6 +72,13 @@ class Job:
     conflict: bool = field(default=False, repr=False)
     #: For an unsaved job: what makes it unique (`Unique`), or None.
     unique: Unique | None = field(default=None, repr=False)
+    #: Set by the node running the job when it was cancelled (see `cancelled()`).
+    cancel_requested: bool = field(default=False, repr=False)
+
+    def cancelled(self) -> bool:
+        """True once this running job was cancelled (`cancel_job`, from any node). A sync
+        worker cannot be interrupted: a long one should check this and return early."""
+        return self.cancel_requested
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job):

@@ -97,3 +97,8 @@ async def counted(job: Job) -> Any:
         RUNS.append((job.id or 0, job.attempt))
     await asyncio.sleep(float(job.args.get("seconds", 0)))
     return None
+
+
+@worker(queue="cron", max_attempts=1)
+async def ticked(job: Job) -> None:
+    """A cron target that does nothing: the jobs table is the evidence."""

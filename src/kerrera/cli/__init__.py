@@ -31,6 +31,16 @@ def parse_queues(text: str) -> dict[str, int]:
     return queues
 
 
+def parse_cron(text: str) -> tuple[str, str]:
+    """`'*/5 * * * * pkg.worker'` or `'@daily pkg.worker'` -> (expression, worker name)."""
+    parts = text.split()
+    fields = 1 if parts and parts[0].startswith("@") else 5
+    if len(parts) != fields + 1:
+        raise ConfigError(f"--cron {text!r}: expected {fields} schedule field(s) and a "
+                          "worker name")
+    return " ".join(parts[:fields]), parts[fields]
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help="PostgreSQL URL (default: $KERRERA_DATABASE_URL, "
                         "$DATABASE_URL, else the embedded database)")
@@ -68,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rescue jobs of producers never seen here after this (3600)")
     start.add_argument("--no-migrate", action="store_true",
                        help="refuse to start on an out-of-date schema instead of migrating")
+    start.add_argument("--no-leader", action="store_true",
+                       help="never lead (the leader runs the stager, pruner, cron, reindexer)")
+    start.add_argument("--leader-lease", type=float, default=30.0,
+                       help="seconds a leader's lease lasts without renewal (30)")
+    start.add_argument("--cron", action="append", default=[], metavar="'EXPR WORKER'",
+                       help="a cron entry: 5 fields or @nickname, then a worker name "
+                            "(repeatable), e.g. '*/5 * * * * myapp.jobs.digest'")
+    start.add_argument("--prune-max-age", type=float, default=7 * 86400.0,
+                       help="delete finished jobs older than this many seconds (7 days); "
+                            "0 keeps them")
+    start.add_argument("--reindex-schedule", default="@daily",
+                       help="cron expression (UTC) for rebuilding indexes; 'never' to skip")
 
     demo = sub.add_parser("demo", help="run a small media pipeline on the embedded database")
     _common(demo)
@@ -148,7 +170,10 @@ async def _start(args: argparse.Namespace) -> int:
         migrate=not args.no_migrate, shutdown_grace_period=args.shutdown_grace_period,
         data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
         producer_ttl=args.producer_ttl, rescue_interval=args.rescue_interval,
-        rescue_after=args.rescue_after,
+        rescue_after=args.rescue_after, leader=not args.no_leader,
+        leader_lease=args.leader_lease, crontab=[parse_cron(c) for c in args.cron],
+        prune_max_age=args.prune_max_age or None,
+        reindex_schedule=None if args.reindex_schedule == "never" else args.reindex_schedule,
     )  # fmt: skip
     await run_until_signalled(app)
     return 0

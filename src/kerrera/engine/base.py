@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from kerrera._job import Job
@@ -53,8 +54,8 @@ class Engine(Protocol):
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
         """Put back jobs this producer fetched but never received; return how many."""
 
-    async def heartbeat(self, producers: Sequence[tuple[str, str, str]]) -> None:
-        """Record that these producers (uuid, node, queue) are alive."""
+    async def heartbeat(self, producers: Sequence[tuple[str, str, str, str]]) -> None:
+        """Record that these producers (uuid, node, queue, state as JSON) are alive."""
 
     async def forget_producers(self, uuids: Sequence[str]) -> None:
         """Remove producers that stopped cleanly."""
@@ -82,3 +83,40 @@ class Engine(Protocol):
 
     async def notify(self, channel: str, payload: str) -> None:
         """Send one notification."""
+
+    async def elect_leader(self, name: str, node: str, started_at: datetime, lease: float) -> bool:
+        """Take or renew the leadership lease of `name`; True while this instance holds it."""
+
+    async def resign_leader(self, name: str, node: str, started_at: datetime) -> None:
+        """Give the lease up (if held) and notify the other nodes."""
+
+    async def get_leader(self, name: str) -> str | None:
+        """The node holding the unexpired lease of `name`, if any."""
+
+    async def prune_jobs(self, max_age: dict[str, float | None], limit: int) -> dict[str, int]:
+        """Delete one bounded batch of old finished jobs; return counts by state."""
+
+    async def job_indexes(self) -> list[tuple[str, bool]]:
+        """The jobs table's indexes: (name, is a leftover of an interrupted rebuild)."""
+
+    async def rebuild_index(self, name: str, *, drop: bool = False) -> None:
+        """Rebuild (or drop) one index concurrently."""
+
+    async def insert_cron(
+        self, names: Sequence[str], plan: Callable[[dict[str, datetime], datetime], list[Job]]
+    ) -> tuple[list[Job], datetime]:
+        """Insert the jobs `plan(last ticks, now)` returns and advance the ticks, atomically."""
+
+    async def db_now(self) -> datetime:
+        """The database clock, naive UTC."""
+
+    async def set_queue_state(
+        self, queue: str, node: str, changes: dict[str, Any], payload: str
+    ) -> None:
+        """Persist a queue command and send its signal in one transaction."""
+
+    async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
+        """Persisted queue commands: (queue, node or '', paused, limit, running)."""
+
+    async def producer_states(self, ttl: float) -> list[tuple[Any, ...]]:
+        """What every live producer last reported."""

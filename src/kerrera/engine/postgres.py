@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -213,12 +214,11 @@ class PostgresEngine:
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
-    async def heartbeat(self, producers: Sequence[tuple[str, str, str]]) -> None:
-        async with self.pool.connection() as c:
-            await c.execute(self.sql["heartbeat"], {
-                "uuids": [p[0] for p in producers], "nodes": [p[1] for p in producers],
-                "queues": [p[2] for p in producers],
-            })  # fmt: skip
+    async def heartbeat(self, producers: Sequence[tuple[str, str, str, str]]) -> None:
+        await self._execute("heartbeat", {
+            "uuids": [p[0] for p in producers], "nodes": [p[1] for p in producers],
+            "queues": [p[2] for p in producers], "states": [p[3] for p in producers],
+        })  # fmt: skip
 
     async def forget_producers(self, uuids: Sequence[str]) -> None:
         async with self.pool.connection() as c:
@@ -263,6 +263,98 @@ class PostgresEngine:
     async def notify(self, channel: str, payload: str) -> None:
         async with self.pool.connection() as c:
             await c.execute(self.sql["notify"], {"channel": channel, "payload": payload})
+
+    async def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as c, c.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(self.sql[name], params)
+            return await cur.fetchall() if cur.description else []
+
+    # -- leadership -----------------------------------------------------------------------
+    async def elect_leader(self, name: str, node: str, started_at: datetime, lease: float) -> bool:
+        """Take or renew the lease of `name`; True while this instance holds it."""
+        rows = await self._execute("elect_leader", {
+            "name": name, "node": node, "started_at": started_at, "lease": lease,
+        })  # fmt: skip
+        return bool(rows)
+
+    async def resign_leader(self, name: str, node: str, started_at: datetime) -> None:
+        """Give the lease up (if held) and notify the others."""
+        await self._execute("resign_leader", {
+            "name": name, "node": node, "started_at": started_at,
+            "channel": self.sql.leader_channel,
+        })  # fmt: skip
+
+    async def get_leader(self, name: str) -> str | None:
+        """The node holding the unexpired lease of `name`, if any."""
+        rows = await self._execute("get_leader", {"name": name})
+        return str(rows[0][0]) if rows else None
+
+    # -- maintenance ----------------------------------------------------------------------
+    async def prune_jobs(self, max_age: dict[str, float | None], limit: int) -> dict[str, int]:
+        """Delete one batch of finished jobs older than their state's max age."""
+        rows = await self._execute("prune_jobs", {
+            "completed": max_age.get("completed"), "cancelled": max_age.get("cancelled"),
+            "discarded": max_age.get("discarded"), "limit": limit,
+        })  # fmt: skip
+        counts: dict[str, int] = {}
+        for (state,) in rows:
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    async def job_indexes(self) -> list[tuple[str, bool]]:
+        """Indexes of the jobs table: (qualified name, True for a leftover of an
+        interrupted concurrent rebuild, to drop)."""
+        rows = await self._execute("job_indexes", {"table": self.sql.table})
+        return [(str(name), bool(leftover)) for name, leftover in rows]
+
+    async def rebuild_index(self, name: str, *, drop: bool = False) -> None:
+        """REINDEX (or DROP) an index CONCURRENTLY; `name` comes from `job_indexes`."""
+        verb = "DROP INDEX CONCURRENTLY IF EXISTS" if drop else "REINDEX INDEX CONCURRENTLY"
+        async with self.pool.connection() as c:
+            await c.execute(f"{verb} {name}")
+
+    async def insert_cron(
+        self, names: Sequence[str], plan: Callable[[dict[str, datetime], datetime], list[Job]]
+    ) -> tuple[list[Job], datetime]:
+        """In one transaction: lock the cron entries' last ticks, insert the jobs that
+        `plan(last_ticks, db_now)` returns, and advance the ticks to db_now."""
+        async with self.pool.connection() as c:
+            await c.execute(self.sql["seed_cron"], {"names": list(names)})
+            async with c.transaction():
+                cur = await c.execute(self.sql["lock_cron"], {"names": list(names)})
+                rows = await cur.fetchall()
+                now = rows[0][2] if rows else await self.db_now()
+                jobs = plan({r[0]: r[1] for r in rows}, now)
+                saved = await self._insert_on(c, jobs) if jobs else []
+                await c.execute(self.sql["advance_cron"], {"names": list(names), "until": now})
+        return saved, now
+
+    async def db_now(self) -> datetime:
+        """The database clock (naive UTC)."""
+        rows = await self._execute("db_now", {})
+        return rows[0][0]  # type: ignore[no-any-return]
+
+    # -- queue control --------------------------------------------------------------------
+    async def set_queue_state(
+        self, queue: str, node: str, changes: dict[str, Any], payload: str
+    ) -> None:
+        """Persist a queue command (`changes`: paused / limit / running) and signal it."""
+        await self._execute("set_queue_state", {
+            "queue": queue, "node": node, "channel": self.sql.signal_channel,
+            "payload": payload,
+            "set_paused": "paused" in changes, "paused": changes.get("paused"),
+            "set_limit": "limit" in changes, "limit": changes.get("limit"),
+            "set_running": "running" in changes, "running": changes.get("running"),
+        })  # fmt: skip
+
+    async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
+        """Persisted queue commands for every node ('') and for `node`."""
+        rows = await self._execute("queue_states", {"node": node})
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def producer_states(self, ttl: float) -> list[tuple[Any, ...]]:
+        """(node, queue, uuid, started_at, updated_at, state json) of live producers."""
+        return await self._execute("producer_states", {"ttl": ttl})
 
     async def listen_connection(self) -> psycopg.AsyncConnection[Any]:
         """A dedicated connection for LISTEN (never pooled: it holds session state)."""

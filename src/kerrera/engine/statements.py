@@ -110,6 +110,8 @@ class Statements:
         self.insert_channel = f"{self.prefix}.oban_insert"
         self.signal_channel = f"{self.prefix}.oban_signal"
         self.leader_channel = f"{self.prefix}.oban_leader"
+        #: Kerrera-only requests between nodes (Elixir nodes do not listen here).
+        self.control_channel = f"{self.prefix}.kerrera_control"
 
     def __getitem__(self, name: str) -> str:
         return self._sql[name]

@@ -81,12 +81,20 @@ class Producer:
         self.limit = limit
         self.wake()
 
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called."""
+        return self._stopping
+
     def kill(self, job_id: int) -> bool:
-        """Cancel a running job whose row was already marked cancelled."""
+        """Cancel a running job whose row was already marked cancelled. An async job's
+        task is cancelled; a sync job cannot be interrupted, so its `job.cancelled()`
+        turns true for it to check, and its result is ignored."""
         entry = self.running.get(job_id)
         if entry is None:
             return False
         self._killed.add(job_id)
+        entry[0].cancel_requested = True
         entry[1].cancel()
         return True
 

@@ -27,7 +27,7 @@ class Lifeline:
     """Runs this node's heartbeat and the rescue of orphaned jobs."""
 
     def __init__(
-        self, engine: Engine, producers: Callable[[], Sequence[tuple[str, str, str]]], *,
+        self, engine: Engine, producers: Callable[[], Sequence[tuple[str, str, str, str]]], *,
         heartbeat_interval: float = 10.0, producer_ttl: float = 30.0,
         rescue_interval: float = 15.0, rescue_after: float = 3600.0,
     ) -> None:  # fmt: skip

@@ -1,7 +1,8 @@
-"""The stager: moves due scheduled and retryable jobs to available, every second.
+"""The stager (leader only): moves due scheduled and retryable jobs to available, every
+second.
 
-Staging is one guarded, bounded statement with SKIP LOCKED, so several nodes may run it
-at once without harm; the statement notifies each queue that received jobs, and the
+Staging is one guarded, bounded statement with SKIP LOCKED, so even two nodes that both
+believe they lead do no harm; the statement notifies each queue that received jobs, and the
 local producers are woken directly as well (so staging works with notifications down).
 """
 
@@ -22,9 +23,10 @@ class Stager:
 
     def __init__(
         self, engine: Engine, on_staged: Callable[[str], None], *,
-        interval: float = 1.0, limit: int = 5000,
+        interval: float = 1.0, limit: int = 5000, should_run: Callable[[], bool] = lambda: True,
     ) -> None:  # fmt: skip
         self._engine = engine
+        self._should_run = should_run
         self._on_staged = on_staged
         self.interval = interval
         self.limit = limit
@@ -33,8 +35,12 @@ class Stager:
     def start(self) -> None:
         """Begin staging on the running loop."""
         self._task = asyncio.create_task(
-            run_every(self.interval, self.stage_once, log, "staging"), name="kerrera-stager"
+            run_every(self.interval, self._run, log, "staging"), name="kerrera-stager"
         )
+
+    async def _run(self) -> None:
+        if self._should_run():  # the leader's job (it is harmless but wasteful twice)
+            await self.stage_once()
 
     async def stop(self) -> None:
         """Stop staging."""

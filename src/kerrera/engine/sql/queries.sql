@@ -214,10 +214,13 @@ WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s
 RETURNING id;
 
 -- name: heartbeat
--- Every node, every few seconds: its producers are alive (one statement for all).
-INSERT INTO {prefix}.kerrera_producers AS p (uuid, node, queue)
-SELECT * FROM unnest(%(uuids)s::text[], %(nodes)s::text[], %(queues)s::text[])
-ON CONFLICT (uuid) DO UPDATE SET updated_at = timezone('UTC', now());
+-- Every node, every few seconds: its producers are alive (one statement for all), with
+-- what each reports about itself (limit, running, paused) for check_all_queues.
+INSERT INTO {prefix}.kerrera_producers AS p (uuid, node, queue, state)
+SELECT u, n, q, s::jsonb
+FROM unnest(%(uuids)s::text[], %(nodes)s::text[], %(queues)s::text[], %(states)s::text[])
+  AS x(u, n, q, s)
+ON CONFLICT (uuid) DO UPDATE SET updated_at = timezone('UTC', now()), state = EXCLUDED.state;
 
 -- name: forget_producers
 DELETE FROM {prefix}.kerrera_producers WHERE uuid = ANY(%(uuids)s::text[]);
@@ -310,3 +313,110 @@ RETURNING {cols};
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s);
+
+-- name: elect_leader
+-- Take the lease when nobody holds it or it expired, renew it when we hold it. One
+-- statement, so two nodes can never both win. Our identity is node + started_at (the
+-- instance's start), so two processes given the same node name still elect one leader.
+-- Returns a row only when this instance leads.
+INSERT INTO {prefix}.oban_peers AS p (name, node, started_at, expires_at)
+VALUES (%(name)s, %(node)s, %(started_at)s,
+        timezone('UTC', now()) + make_interval(secs => %(lease)s))
+ON CONFLICT (name) DO UPDATE
+SET node = EXCLUDED.node, started_at = EXCLUDED.started_at, expires_at = EXCLUDED.expires_at
+WHERE (p.node = EXCLUDED.node AND p.started_at = EXCLUDED.started_at)
+   OR p.expires_at < timezone('UTC', now())
+RETURNING p.node;
+
+-- name: resign_leader
+-- Give the lease up and tell the others at once (Oban's `leader` payload).
+WITH gone AS (
+  DELETE FROM {prefix}.oban_peers
+  WHERE name = %(name)s AND node = %(node)s AND started_at = %(started_at)s
+  RETURNING name
+)
+SELECT pg_notify(%(channel)s, json_build_object('down', name)::text) FROM gone;
+
+-- name: get_leader
+SELECT node, started_at, expires_at FROM {prefix}.oban_peers
+WHERE name = %(name)s AND expires_at >= timezone('UTC', now());
+
+-- name: prune_jobs
+-- One bounded batch of finished jobs older than their state's max age (NULL: kept).
+WITH doomed AS (
+  SELECT id FROM {prefix}.oban_jobs
+  WHERE (state = 'completed'
+         AND completed_at < timezone('UTC', now()) - make_interval(secs => %(completed)s))
+     OR (state = 'cancelled'
+         AND cancelled_at < timezone('UTC', now()) - make_interval(secs => %(cancelled)s))
+     OR (state = 'discarded'
+         AND discarded_at < timezone('UTC', now()) - make_interval(secs => %(discarded)s))
+  LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {prefix}.oban_jobs j USING doomed WHERE j.id = doomed.id
+RETURNING j.state::text;
+
+-- name: seed_cron
+-- A cron entry seen for the first time starts from now: no tick before it is owed.
+INSERT INTO {prefix}.kerrera_cron (name, last_tick)
+SELECT n, timezone('UTC', now()) FROM unnest(%(names)s::text[]) AS n
+ON CONFLICT (name) DO NOTHING;
+
+-- name: lock_cron
+-- Inside the cron transaction: the entries' last evaluated instants, locked, so that the
+-- ticks after them are inserted by exactly one transaction even if two nodes both
+-- believe they lead.
+SELECT name, last_tick, timezone('UTC', now()) FROM {prefix}.kerrera_cron
+WHERE name = ANY(%(names)s::text[]) ORDER BY name FOR UPDATE;
+
+-- name: advance_cron
+UPDATE {prefix}.kerrera_cron
+SET last_tick = greatest(last_tick, %(until)s), updated_at = timezone('UTC', now())
+WHERE name = ANY(%(names)s::text[]);
+
+-- name: job_indexes
+-- The indexes to rebuild, and leftovers of interrupted concurrent rebuilds to drop.
+SELECT format('%%I.%%I', n.nspname, c.relname),
+       NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indrelid = %(table)s::regclass
+ORDER BY c.relname;
+
+-- name: set_queue_state
+-- Persist an operator's queue command and send its signal in the same transaction. A
+-- command for every node (node '') also clears that field on per-node rows, so the
+-- latest command wins.
+WITH cleared AS (
+  UPDATE {prefix}.kerrera_queues
+  SET paused = CASE WHEN %(set_paused)s THEN NULL ELSE paused END,
+      "limit" = CASE WHEN %(set_limit)s THEN NULL ELSE "limit" END,
+      running = CASE WHEN %(set_running)s THEN NULL ELSE running END,
+      updated_at = timezone('UTC', now())
+  WHERE %(node)s = '' AND node <> '' AND queue = %(queue)s
+), saved AS (
+  INSERT INTO {prefix}.kerrera_queues AS q (queue, node, paused, "limit", running)
+  VALUES (%(queue)s, %(node)s, %(paused)s, %(limit)s, %(running)s)
+  ON CONFLICT (queue, node) DO UPDATE
+  SET paused = CASE WHEN %(set_paused)s THEN EXCLUDED.paused ELSE q.paused END,
+      "limit" = CASE WHEN %(set_limit)s THEN EXCLUDED."limit" ELSE q."limit" END,
+      running = CASE WHEN %(set_running)s THEN EXCLUDED.running ELSE q.running END,
+      updated_at = timezone('UTC', now())
+  RETURNING 1
+)
+SELECT pg_notify(%(channel)s, %(payload)s) FROM saved;
+
+-- name: queue_states
+SELECT queue, node, paused, "limit", running FROM {prefix}.kerrera_queues
+WHERE node = '' OR node = %(node)s;
+
+-- name: producer_states
+-- What every live producer last reported (check_all_queues).
+SELECT node, queue, uuid, started_at, updated_at, state::text FROM {prefix}.kerrera_producers
+WHERE updated_at >= timezone('UTC', now()) - make_interval(secs => %(ttl)s)
+ORDER BY node, queue;
+
+-- name: db_now
+SELECT timezone('UTC', now());

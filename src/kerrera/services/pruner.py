@@ -1,0 +1,65 @@
+"""The pruner (leader only): deletes finished jobs once they are older than `max_age`.
+
+Each batch is one short statement of at most `limit` rows with SKIP LOCKED, so pruning
+never holds long locks and never waits for a job somebody else is touching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from kerrera.engine.base import Engine
+from kerrera.services._every import run_every
+from kerrera.services.leader import Leadership
+
+log = logging.getLogger("kerrera.pruner")
+
+
+class Pruner:
+    """Every `interval` seconds, on the leader: delete completed, cancelled and discarded
+    jobs older than their state's age in `max_age` (seconds; None keeps them)."""
+
+    def __init__(
+        self, engine: Engine, leadership: Leadership, max_age: Mapping[str, float | None], *,
+        interval: float = 30.0, limit: int = 10_000,
+    ) -> None:  # fmt: skip
+        self._engine = engine
+        self._leadership = leadership
+        self.max_age = dict(max_age)
+        self.interval = interval
+        self.limit = limit
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin the pruning loop (it does nothing while this node does not lead)."""
+        self._task = asyncio.create_task(
+            run_every(self.interval, self._run, log, "pruning", first_now=False),
+            name="kerrera-pruner",
+        )
+
+    async def stop(self) -> None:
+        """Stop pruning (a batch in flight is one statement: it commits or not)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        if self._leadership.is_leader:
+            await self.prune_once()
+
+    async def prune_once(self) -> dict[str, int]:
+        """Prune batch after batch until one comes back short; return counts by state."""
+        total: dict[str, int] = {}
+        while self._leadership.is_leader:
+            counts = await self._engine.prune_jobs(self.max_age, self.limit)
+            for state, n in counts.items():
+                total[state] = total.get(state, 0) + n
+            if sum(counts.values()) < self.limit:
+                break
+            await asyncio.sleep(0)  # let the node's own work in between batches
+        if total:
+            log.info("pruned %s", total)
+        return total
