@@ -247,3 +247,17 @@ async def test_reindexer_rebuilds_and_drops_leftovers(make_app: Any, sql: Any,
     assert f"{prefix}.oban_jobs_args_index" in rebuilt
     assert not any("ccnew" in n for n in rebuilt)
     assert sql("SELECT to_regclass('oban_jobs_meta_index_ccnew')") == [(None,)]
+
+
+async def test_the_sync_face_controls_queues_too(make_app: Any) -> None:
+    node = make_app(queues={"default": 2}, node="a")
+    await node.start()
+    operator = make_app()
+    await asyncio.to_thread(operator.sync.pause_queue, "default")
+    await eventually(lambda: node.check_queue("default")["paused"], timeout=1)
+    await asyncio.to_thread(operator.sync.scale_queue, "default", 7, node="a")
+    await eventually(lambda: node.check_queue("default")["limit"] == 7, timeout=1)
+    await asyncio.to_thread(operator.sync.resume_queue, "default")
+    await eventually(lambda: not node.check_queue("default")["paused"], timeout=1)
+    with pytest.raises(ConfigError, match="limit"):
+        operator.sync.scale_queue("default", -1)

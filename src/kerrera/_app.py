@@ -13,7 +13,7 @@ import psycopg
 from kerrera import _json
 from kerrera._config import Config
 from kerrera._context import _CURRENT
-from kerrera._control import QueueControl, addressed_to, signal_payload
+from kerrera._control import QueueControl, addressed_to, queue_command
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
@@ -339,42 +339,34 @@ class Kerrera:
     async def pause_queue(self, queue: str, *, node: str | None = None) -> None:
         """Stop fetching new jobs of `queue` on every node (or on `node`); running jobs go
         on. The pause is persisted: it outlives restarts and deploys until resumed."""
-        await self._queue_command("pause", queue, node, {"paused": True})
+        await self._queue_command("pause", queue, node)
 
     async def resume_queue(self, queue: str, *, node: str | None = None) -> None:
         """Fetch jobs of `queue` again on every node (or on `node`)."""
-        await self._queue_command("resume", queue, node, {"paused": False})
+        await self._queue_command("resume", queue, node)
 
     async def scale_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
         """Run at most `limit` jobs of `queue` at once per node, on every node (or on
         `node`). Persisted: it wins over the configured limit until scaled again."""
-        _check_limit(limit)
-        await self._queue_command("scale", queue, node, {"limit": limit}, limit)
+        await self._queue_command("scale", queue, node, limit)
 
     async def start_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
         """Start running `queue` with `limit` on every running Kerrera node (or `node`)."""
-        _check_limit(limit)
-        await self._queue_command("start", queue, node, {"running": True, "limit": limit},
-                                  limit)
+        await self._queue_command("start", queue, node, limit)
 
     async def stop_queue(self, queue: str, *, node: str | None = None) -> None:
         """Stop running `queue` on every node (or `node`): running jobs get the shutdown
         grace period, then go back to available."""
-        await self._queue_command("stop", queue, node, {"running": False})
+        await self._queue_command("stop", queue, node)
 
     async def _queue_command(
-        self, action: str, queue: str, node: str | None, changes: dict[str, Any],
-        limit: int | None = None,
-    ) -> None:  # fmt: skip
-        check_queue(queue)
-        if node is not None and (not isinstance(node, str) or not node):
-            raise ConfigError(f"option 'node' must be a node name or None, got {node!r}")
+        self, action: str, queue: str, node: str | None, limit: int | None = None
+    ) -> None:
+        changes, payload = queue_command(action, queue, node, limit)
         engine = await self._open()
-        payload = signal_payload(action, queue, node, limit)
         await engine.set_queue_state(queue, node or "", changes, payload)
         if self._control is not None and node in (None, self.node):
             await self._control.refresh()  # applied here before returning
-        self._grow_threads()
 
     def _grow_threads(self) -> None:
         if self._threads is not None and self.config.sync_threads is None:
@@ -505,7 +497,3 @@ class Kerrera:
             if self._control is not None:
                 self._control.refresh_soon()
 
-
-def _check_limit(limit: object) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(f"option 'limit' must be an integer >= 1, got {limit!r}")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kerrera import _json
+from kerrera._errors import ConfigError
+from kerrera._options import check_queue
 from kerrera.engine.base import Engine
 from kerrera.queue import Producer
 
@@ -51,6 +53,24 @@ def signal_payload(action: str, queue: str, node: str | None, limit: int | None 
     if limit is not None:
         message["limit"] = limit
     return _json.dumps(message)
+
+
+def queue_command(
+    action: str, queue: str, node: str | None, limit: int | None = None
+) -> tuple[dict[str, Any], str]:
+    """Validate an operator's command; return the fields it persists and its signal."""
+    check_queue(queue)
+    if node is not None and (not isinstance(node, str) or not node):
+        raise ConfigError(f"option 'node' must be a node name or None, got {node!r}")
+    if action in ("scale", "start") and (
+        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+    ):
+        raise ConfigError(f"option 'limit' must be an integer >= 1, got {limit!r}")
+    persisted: dict[str, dict[str, Any]] = {
+        "pause": {"paused": True}, "resume": {"paused": False}, "scale": {"limit": limit},
+        "start": {"running": True, "limit": limit}, "stop": {"running": False},
+    }  # fmt: skip
+    return persisted[action], signal_payload(action, queue, node, limit)
 
 
 def addressed_to(ident: object, node: str) -> bool:

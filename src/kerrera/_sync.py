@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from kerrera._control import queue_command
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
 from kerrera._job import Job
@@ -92,3 +93,29 @@ class SyncKerrera:
     def delete_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Delete jobs that are not executing."""
         return one_or_many(ids, self._open().delete_jobs(as_ids(ids)))
+
+    def pause_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Pause `queue` on every node (or `node`), persisted (see `Kerrera.pause_queue`)."""
+        self._queue_command("pause", queue, node)
+
+    def resume_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Resume `queue` on every node (or `node`)."""
+        self._queue_command("resume", queue, node)
+
+    def scale_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
+        """Set the per-node limit of `queue` on every node (or `node`), persisted."""
+        self._queue_command("scale", queue, node, limit)
+
+    def start_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
+        """Start `queue` on every Kerrera node (or `node`), persisted."""
+        self._queue_command("start", queue, node, limit)
+
+    def stop_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Stop `queue` on every node (or `node`), persisted."""
+        self._queue_command("stop", queue, node)
+
+    def _queue_command(
+        self, action: str, queue: str, node: str | None, limit: int | None = None
+    ) -> None:
+        changes, payload = queue_command(action, queue, node, limit)
+        self._open().set_queue_state(queue, node or "", changes, payload)

@@ -23,6 +23,7 @@ from kerrera.engine.statements import (
     flagged_job_row,
     insert_params,
     job_row,
+    queue_state_params,
     saved_jobs,
     split_due,
 )
@@ -339,13 +340,8 @@ class PostgresEngine:
         self, queue: str, node: str, changes: dict[str, Any], payload: str
     ) -> None:
         """Persist a queue command (`changes`: paused / limit / running) and signal it."""
-        await self._execute("set_queue_state", {
-            "queue": queue, "node": node, "channel": self.sql.signal_channel,
-            "payload": payload,
-            "set_paused": "paused" in changes, "paused": changes.get("paused"),
-            "set_limit": "limit" in changes, "limit": changes.get("limit"),
-            "set_running": "running" in changes, "running": changes.get("running"),
-        })  # fmt: skip
+        await self._execute("set_queue_state", queue_state_params(
+            queue, node, changes, payload, self.sql.signal_channel))
 
     async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
         """Persisted queue commands for every node ('') and for `node`."""

@@ -148,6 +148,18 @@ def unique_params(jobs: list[Job], keys: list[str], channel: str) -> dict[str, A
     return {"jobs": _json.dumps(rows), "channel": channel}
 
 
+def queue_state_params(
+    queue: str, node: str, changes: dict[str, Any], payload: str, channel: str
+) -> dict[str, Any]:
+    """Parameters of `set_queue_state`: which fields the command sets, and to what."""
+    return {
+        "queue": queue, "node": node, "channel": channel, "payload": payload,
+        "set_paused": "paused" in changes, "paused": changes.get("paused"),
+        "set_limit": "limit" in changes, "limit": changes.get("limit"),
+        "set_running": "running" in changes, "running": changes.get("running"),
+    }  # fmt: skip
+
+
 def saved_jobs(jobs: list[Job], rows: list[tuple[Any, ...]]) -> list[Job]:
     """New `Job` objects for inserted jobs: what the caller gave plus what the database
     decided (id, state, inserted_at, scheduled_at), without reading args back."""

@@ -24,6 +24,7 @@ from kerrera.engine.statements import (
     flagged_job_row,
     insert_params,
     job_row,
+    queue_state_params,
     saved_jobs,
     split_due,
 )
@@ -120,3 +121,11 @@ class SyncPostgresEngine:
     def delete_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Delete jobs that are not running."""
         return self._rows("delete_jobs", {"ids": list(ids)}, conn)
+
+    def set_queue_state(
+        self, queue: str, node: str, changes: dict[str, Any], payload: str
+    ) -> None:
+        """Persist a queue command and signal it, in one transaction."""
+        with self._connection(None) as c:
+            c.execute(self.sql["set_queue_state"], queue_state_params(
+                queue, node, changes, payload, self.sql.signal_channel))
