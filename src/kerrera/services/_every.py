@@ -1,4 +1,5 @@
-"""The loop every periodic service runs: act, wait, and never die on an error."""
+"""What every service shares: one background task, and the periodic loop that acts,
+waits, and never dies on an error."""
 
 from __future__ import annotations
 
@@ -31,3 +32,24 @@ async def run_every(
             delay = max(interval, reconnect_backoff(failures))
             log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
             await asyncio.sleep(delay)
+
+
+class Background:
+    """A service that runs one task (`_run`) on the running loop until stopped."""
+
+    task_name = "kerrera-service"
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin the service's task (call on the running loop)."""
+        self._task = asyncio.create_task(self._run(), name=self.task_name)
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it to end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        raise NotImplementedError

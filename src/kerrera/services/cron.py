@@ -20,13 +20,16 @@ from kerrera._cron_entries import CronEntry
 from kerrera._crontab import ticks
 from kerrera._job import Job
 from kerrera.engine.base import Engine
+from kerrera.services._every import Background
 from kerrera.services.leader import Leadership
 
 log = logging.getLogger("kerrera.cron")
 
 
-class Cron:
+class Cron(Background):
     """Evaluates `entries` on the leader at every minute and when leadership is won."""
+
+    task_name = "kerrera-cron"
 
     def __init__(
         self, engine: Engine, leadership: Leadership, entries: Sequence[CronEntry], *,
@@ -38,22 +41,10 @@ class Cron:
         self.catch_up = catch_up
         self._rebooted = False
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Begin evaluating (nothing happens while this node does not lead)."""
-        self._task = asyncio.create_task(self._run(), name="kerrera-cron")
 
     def wake(self) -> None:
         """Evaluate now (this node just became the leader)."""
         self._wake.set()
-
-    async def stop(self) -> None:
-        """Stop evaluating."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def _run(self) -> None:
         now = datetime.now(UTC).replace(tzinfo=None)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from kerrera.engine.base import Engine
+from kerrera.services._every import Background
 
 log = logging.getLogger("kerrera.leader")
 
@@ -28,9 +29,11 @@ PEER_NAME = "Kerrera"
 FOLLOWER_CHECK = 2.0
 
 
-class Leadership:
+class Leadership(Background):
     """Elects this node (unless `eligible` is False) and tells `on_change` when it wins or
     loses; `is_leader` is what leader-only services check before each run."""
+
+    task_name = "kerrera-leader"
 
     def __init__(
         self, engine: Engine, node: str, *, lease: float = 30.0, eligible: bool = True,
@@ -47,19 +50,18 @@ class Leadership:
         self._leading = False
         self._valid_until = 0.0  # monotonic deadline of the last lease we know we hold
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def is_leader(self) -> bool:
         """True while this node holds an unexpired lease."""
         return self._leading and time.monotonic() < self._valid_until
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # type: ignore[override]
         """Try once now (so a single node leads from its first second), then keep going."""
         if not self.eligible:
             return
         await self._elect_logged()
-        self._task = asyncio.create_task(self._run(), name="kerrera-leader")
+        super().start()
 
     def wake(self) -> None:
         """Another leader resigned: try to take over now."""
@@ -67,10 +69,7 @@ class Leadership:
 
     async def stop(self) -> None:
         """Stop electing; resign (with a notification) if leading."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await super().stop()
         if self._leading:
             self._set(False)
             try:

@@ -11,15 +11,17 @@ import logging
 from collections.abc import Mapping
 
 from kerrera.engine.base import Engine
-from kerrera.services._every import run_every
+from kerrera.services._every import Background, run_every
 from kerrera.services.leader import Leadership
 
 log = logging.getLogger("kerrera.pruner")
 
 
-class Pruner:
+class Pruner(Background):
     """Every `interval` seconds, on the leader: delete completed, cancelled and discarded
     jobs older than their state's age in `max_age` (seconds; None keeps them)."""
+
+    task_name = "kerrera-pruner"
 
     def __init__(
         self, engine: Engine, leadership: Leadership, max_age: Mapping[str, float | None], *,
@@ -30,23 +32,11 @@ class Pruner:
         self.max_age = dict(max_age)
         self.interval = interval
         self.limit = limit
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Begin the pruning loop (it does nothing while this node does not lead)."""
-        self._task = asyncio.create_task(
-            run_every(self.interval, self._run, log, "pruning", first_now=False),
-            name="kerrera-pruner",
-        )
-
-    async def stop(self) -> None:
-        """Stop pruning (a batch in flight is one statement: it commits or not)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def _run(self) -> None:
+        await run_every(self.interval, self._prune, log, "pruning", first_now=False)
+
+    async def _prune(self) -> None:
         if self._leadership.is_leader:
             await self.prune_once()
 

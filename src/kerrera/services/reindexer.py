@@ -14,30 +14,21 @@ from datetime import UTC, datetime
 
 from kerrera._crontab import CronExpression, next_tick
 from kerrera.engine.base import Engine
+from kerrera.services._every import Background
 from kerrera.services.leader import Leadership
 
 log = logging.getLogger("kerrera.reindexer")
 
 
-class Reindexer:
+class Reindexer(Background):
     """Rebuilds the indexes at every tick of `schedule` (a cron expression, in UTC)."""
+
+    task_name = "kerrera-reindexer"
 
     def __init__(self, engine: Engine, leadership: Leadership, schedule: CronExpression) -> None:
         self._engine = engine
         self._leadership = leadership
         self.schedule = schedule
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Begin waiting for the schedule's ticks."""
-        self._task = asyncio.create_task(self._run(), name="kerrera-reindexer")
-
-    async def stop(self) -> None:
-        """Stop (an index being rebuilt is left to PostgreSQL to finish or roll back)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def _run(self) -> None:
         while True:

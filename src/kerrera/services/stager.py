@@ -8,18 +8,19 @@ local producers are woken directly as well (so staging works with notifications 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from kerrera.engine.base import Engine
-from kerrera.services._every import run_every
+from kerrera.services._every import Background, run_every
 
 log = logging.getLogger("kerrera.stager")
 
 
-class Stager:
+class Stager(Background):
     """Runs `stage_jobs` every `interval` seconds; `on_staged(queue)` wakes producers."""
+
+    task_name = "kerrera-stager"
 
     def __init__(
         self, engine: Engine, on_staged: Callable[[str], None], *,
@@ -30,24 +31,13 @@ class Stager:
         self._on_staged = on_staged
         self.interval = interval
         self.limit = limit
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Begin staging on the running loop."""
-        self._task = asyncio.create_task(
-            run_every(self.interval, self._run, log, "staging"), name="kerrera-stager"
-        )
 
     async def _run(self) -> None:
+        await run_every(self.interval, self._stage, log, "staging")
+
+    async def _stage(self) -> None:
         if self._should_run():  # the leader's job (it is harmless but wasteful twice)
             await self.stage_once()
-
-    async def stop(self) -> None:
-        """Stop staging."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def stage_once(self) -> dict[str, int]:
         """Stage until fewer than `limit` jobs were due; return counts by queue."""
