@@ -5,6 +5,7 @@ ledger the workers append to and the jobs table."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections import Counter
@@ -99,7 +100,7 @@ def test_killing_the_leader_elects_another_within_the_lease(
 
 
 def test_pause_from_another_process_stops_every_node_and_survives_restarts(
-    start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
+    start_node: Callable[..., Node], run: Callable[..., Node], client: Kerrera, tmp_path: Path
 ) -> None:
     path = tmp_path / "ledger"
     nodes = {name: start_node(name=name, queues="default:3") for name in ("p1", "p2", "p3")}
@@ -115,13 +116,19 @@ def test_pause_from_another_process_stops_every_node_and_survives_restarts(
     nodes["p2"] = start_node(name="p2", queues="default:3")
     time.sleep(1.5)  # longer than the poll interval: nothing may start on any node
     assert read_events(path) == []
-    asyncio.run(client.scale_queue("default", 1, node="p1"))
+    scaled = run("queues", "scale", "default", "1", "--node", "p1")  # the operator's CLI
+    assert scaled.wait(timeout=30) == 0, scaled.stderr
+    assert "scale: queue default on node p1" in scaled.stdout
     asyncio.run(client.resume_queue("default"))
     until(lambda: _states(client, [j.id for j in jobs])["completed"] == 12, timeout=20)
     report = asyncio.run(client.check_all_queues())
     assert {(r["node"], r["limit"], r["paused"]) for r in report} == {
         ("p1", 1, False), ("p2", 3, False), ("p3", 3, False)}
     assert _max_running(read_events(path)).get("p1", 0) <= 1
+    listing = run("queues", "--json")
+    assert listing.wait(timeout=30) == 0, listing.stderr
+    rows = json.loads(listing.stdout)
+    assert sorted((r["node"], r["limit"]) for r in rows) == [("p1", 1), ("p2", 3), ("p3", 3)]
 
 
 def test_cron_ticks_are_inserted_once_while_nodes_start_and_die(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kerrera._errors import ConfigError, KerreraError
+from kerrera.cli import queues
 
 log = logging.getLogger("kerrera.cli")
 
@@ -41,11 +42,16 @@ def parse_cron(text: str) -> tuple[str, str]:
     return " ".join(parts[:fields]), parts[fields]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dsn", help="PostgreSQL URL (default: $KERRERA_DATABASE_URL, "
+def _common(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    # A nested sub-command (`queues pause`) accepts these too, without defaults of its
+    # own: argparse would let them overwrite what was given before the sub-command.
+    default = (lambda value: argparse.SUPPRESS) if nested else (lambda value: value)
+    parser.add_argument("--dsn", default=default(None),
+                        help="PostgreSQL URL (default: $KERRERA_DATABASE_URL, "
                         "$DATABASE_URL, else the embedded database)")
-    parser.add_argument("--prefix", default="public", help="schema of the tables (public)")
-    parser.add_argument("--data-dir", default=".kerrera",
+    parser.add_argument("--prefix", default=default("public"),
+                        help="schema of the tables (public)")
+    parser.add_argument("--data-dir", default=default(".kerrera"),
                         help="where the embedded database lives (.kerrera)")
 
 
@@ -91,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--reindex-schedule", default="@daily",
                        help="cron expression (UTC) for rebuilding indexes; 'never' to skip")
 
+    queues.add_parser(sub, _common)
+
     demo = sub.add_parser("demo", help="run a small media pipeline on the embedded database")
     _common(demo)
     demo.add_argument("--tracks", type=int, default=1000, help="tracks to process (1000)")
@@ -109,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(args)
         if args.command == "start":
             return _run(_start(args))
+        if args.command == "queues":
+            return _run(queues.run(args))
         if args.command == "demo":
             from kerrera.cli.demo import run_demo
 
