@@ -201,8 +201,10 @@ class Kerrera:
         self._control = QueueControl(
             engine, self.node, c.queues if c.queues else {}, self.producers,
             self._new_producer, self._beat, c.shutdown_grace_period,
+            interval=c.heartbeat_interval,
         )  # fmt: skip
         await self._control.refresh()  # persisted operator commands win over the config
+        self._control.start()
         await self._start_services(engine)
         log.info("node %s started queues %s", self.node,
                  {q: p.limit for q, p in self.producers.items()})
@@ -234,6 +236,9 @@ class Kerrera:
             return 0
         self._running = False
         grace = self.config.shutdown_grace_period if grace is None else grace
+        if self._control is not None:  # no command may start a queue from here on
+            self._control.close()
+            await self._control.stop()
         for service in reversed(self._services):
             await service.stop()
         self._services = []
@@ -366,7 +371,7 @@ class Kerrera:
         engine = await self._open()
         await engine.set_queue_state(queue, node or "", changes, payload)
         if self._control is not None and node in (None, self.node):
-            await self._control.refresh()  # applied here before returning
+            await self._control.refresh(queue)  # applied here before returning
 
     def _grow_threads(self) -> None:
         if self._threads is not None and self.config.sync_threads is None:
@@ -427,19 +432,26 @@ class Kerrera:
         except KeyError:
             raise ConfigError(f"queue {queue!r} is not running on node {self.node}") from None
 
+    def _all_producers(self) -> list[Producer]:
+        """Running producers and those still draining after stop_queue."""
+        draining = list(self._control.draining.values()) if self._control is not None else []
+        return [*self.producers.values(), *draining]
+
     def _producer_rows(self) -> list[tuple[str, str, str, str]]:
         rows = []
-        for p in self.producers.values():
+        for p in self._all_producers():
             state = {"limit": p.limit, "running": len(p.running), "paused": p.paused,
                      "started": not p.stopping}
             rows.append((p.uuid, self.node, p.queue, _json.dumps(state)))
         return rows
 
-    def _new_producer(self, queue: str, limit: int, paused: bool) -> Producer:
+    def _new_producer(
+        self, queue: str, limit: int, paused: bool, predecessor: Producer | None
+    ) -> Producer:
         assert self._executor is not None and self._engine is not None
         return Producer(
             queue, limit, engine=self._engine, executor=self._executor, node=self.node,
-            poll_interval=self.config.poll_interval, paused=paused,
+            poll_interval=self.config.poll_interval, paused=paused, predecessor=predecessor,
         )  # fmt: skip
 
     async def _beat(self) -> None:
@@ -468,11 +480,12 @@ class Kerrera:
     def _on_signal(self, _channel: str, message: dict[str, Any]) -> None:
         action = message.get("action")
         if action == "pkill" and type(message.get("job_id")) is int:
-            for producer in self.producers.values():
+            for producer in self._all_producers():
                 producer.kill(message["job_id"])
         elif self._control is not None and addressed_to(message.get("ident"), self.node):
-            if message.get("kerrera") is True:
-                self._control.refresh_soon()  # the table says what to do
+            if message.get("kerrera") is True:  # the table says what to do
+                queue = message.get("queue")
+                self._control.refresh_soon(queue if isinstance(queue, str) else None)
             elif self._control.apply_signal(message):
                 self._background(self._beat())
 

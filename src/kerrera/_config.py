@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -14,6 +15,11 @@ from kerrera._crontab import CronExpression
 from kerrera._errors import ConfigError
 from kerrera._options import check_queue
 from kerrera.engine.statements import check_prefix
+
+#: Longer would make a new leader insert weeks of missed ticks at once.
+CRON_CATCH_UP_MAX = 7 * 86400.0
+#: A lease longer than a day would leave a crashed leader's services idle that long.
+LEASE_MAX = 86400.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,12 @@ class Config:
             raise ConfigError(f"option 'leader' must be True or False, got {self.leader!r}")
         for name in ("leader_lease", "cron_catch_up", "prune_interval"):
             _check_seconds(name, getattr(self, name), allow_zero=name == "cron_catch_up")
+        if self.cron_catch_up > CRON_CATCH_UP_MAX:
+            raise ConfigError(f"option 'cron_catch_up' must be at most {CRON_CATCH_UP_MAX:.0f} "
+                              f"seconds (7 days), got {self.cron_catch_up!r}")
+        if self.leader_lease > LEASE_MAX:
+            raise ConfigError(f"option 'leader_lease' must be at most {LEASE_MAX:.0f} seconds, "
+                              f"got {self.leader_lease!r}")
         _check_count("prune_limit", self.prune_limit)
         set_(self, "prune_max_age", _check_max_age(self.prune_max_age))
         set_(self, "crontab", parse_crontab(self.crontab))
@@ -152,7 +164,7 @@ def _check_node(node: object) -> str:
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"option {name!r} must be seconds {bound}, got {value!r}")

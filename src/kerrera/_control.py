@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kerrera import _json
+from kerrera._backoff import reconnect_backoff
 from kerrera._errors import ConfigError
 from kerrera._options import check_queue
 from kerrera.engine.base import Engine
 from kerrera.queue import Producer
+from kerrera.services._every import Background, run_every
 
 log = logging.getLogger("kerrera.control")
 
@@ -75,22 +77,29 @@ def queue_command(
 
 def addressed_to(ident: object, node: str) -> bool:
     """Whether a signal's ident names this node: "any", "Kerrera.any", or
-    "<instance>.<node>" for any instance name (an Elixir operator's "Oban.<node>")."""
+    "<instance>.<node>" for a one-word instance name ("Kerrera.<node>", an Elixir
+    operator's "Oban.<node>"); node names may contain dots."""
     if ident in (None, "any", f"{IDENT_NAME}.any"):
         return True
-    return isinstance(ident, str) and (ident == node or ident.endswith("." + node))
+    if not isinstance(ident, str) or "." not in ident:
+        return False
+    return ident.split(".", 1)[1] == node
 
 
 def effective(
-    configured: Mapping[str, int], rows: list[tuple[str, str, Any, Any, Any]]
+    configured: Mapping[str, int], rows: list[tuple[str, str, Any, Any, Any]],
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, QueueState]:
-    """Merge persisted commands over the configuration (node row > all-nodes row)."""
+    """Merge persisted commands over the configuration (node row > all-nodes row), and
+    the unpersisted commands of Elixir nodes (`overrides`) over both."""
     merged: dict[str, dict[str, Any]] = {}
     for queue, _node, paused, limit, running in sorted(rows, key=lambda r: r[1] != ""):
         slot = merged.setdefault(queue, {})
         for key, value in (("paused", paused), ("limit", limit), ("running", running)):
             if value is not None:
                 slot[key] = value  # node rows sort after '' and so win
+    for queue, fields in (overrides or {}).items():
+        merged.setdefault(queue, {}).update(fields)
     out: dict[str, QueueState] = {}
     for queue in {*configured, *merged}:
         slot = merged.get(queue, {})
@@ -101,50 +110,87 @@ def effective(
     return out
 
 
-class QueueControl:
-    """Keeps this node's producers in line with the persisted queue state."""
+class QueueControl(Background):
+    """Keeps this node's producers in line with the persisted queue state: on every
+    signal meant for it, after the notifier reconnects, and every `interval` seconds
+    (so that a missed signal or a failed read is made good)."""
+
+    task_name = "kerrera-queue-control"
 
     def __init__(
         self, engine: Engine, node: str, configured: Mapping[str, int],
-        producers: dict[str, Producer], make_producer: Callable[[str, int, bool], Producer],
-        on_changed: Callable[[], Any], grace: float,
+        producers: dict[str, Producer],
+        make_producer: Callable[[str, int, bool, Producer | None], Producer],
+        on_changed: Callable[[], Any], grace: float, interval: float = 10.0,
     ) -> None:  # fmt: skip
         self._engine = engine
         self.node = node
         self.configured = dict(configured)
         self.producers = producers
+        #: Producers stopped by stop_queue that are still letting their jobs finish: they
+        #: keep heartbeating and can still be pkilled.
+        self.draining: dict[str, Producer] = {}
+        #: Fields set by Elixir nodes' signals, per queue (not persisted).
+        self.overrides: dict[str, dict[str, Any]] = {}
         self._make_producer = make_producer
         self._on_changed = on_changed
         self.grace = grace
+        self.interval = interval
         self._lock = asyncio.Lock()
-        self._dirty = False
-        self._stopping: set[asyncio.Task[Any]] = set()
+        self._requested = 0  # refreshes asked for
+        self._applied = 0  # the last request whose table read has been applied
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def refresh(self) -> None:
-        """Read the table and reconcile; calls that arrive meanwhile run once more after."""
-        self._dirty = True
-        if self._lock.locked():
-            return  # the running refresh will see the flag and go round again
+    async def _run(self) -> None:
+        await run_every(self.interval, self.refresh, log, "reading queue state",
+                        first_now=False)
+
+    def close(self) -> None:
+        """The node is stopping: from now on, no command starts or changes a queue."""
+        self._closed = True
+
+    async def refresh(self, forget_overrides: str | None = None) -> None:
+        """Read the table and reconcile; returns once a read that began after this call
+        was applied (concurrent calls share one read). `forget_overrides` names a queue
+        (or "*") whose Elixir overrides a newer Kerrera command replaces."""
+        if forget_overrides == "*":
+            self.overrides.clear()
+        elif forget_overrides is not None:
+            self.overrides.pop(forget_overrides, None)
+        self._requested += 1
+        mine = self._requested
         async with self._lock:
-            while self._dirty:
-                self._dirty = False
-                rows = await self._engine.queue_states(self.node)
-                new = self.apply(effective(self.configured, rows))
-                # Heartbeat before a new producer fetches anything, so the lifeline
-                # knows it from its first job.
-                await self._notify_changed()
-                for producer in new:
-                    producer.start()
+            if self._applied >= mine or self._closed:
+                return
+            target = self._requested
+            rows = await self._engine.queue_states(self.node)
+            if self._closed:
+                return
+            new = self.apply(effective(self.configured, rows, self.overrides))
+            self._applied = target
+            # Heartbeat before a new producer fetches anything, so the lifeline knows it
+            # from its first job.
+            await self._notify_changed()
+            for producer in new:
+                producer.start()
 
-    def refresh_soon(self) -> None:
-        """`refresh` from a callback (a notification): errors are logged, not raised."""
-        self._track(asyncio.create_task(self._refresh_logged()))
+    def refresh_soon(self, forget_overrides: str | None = None) -> None:
+        """`refresh` from a callback (a notification): errors are logged, and the
+        periodic reconcile makes them good."""
+        self._track(asyncio.create_task(self._refresh_logged(forget_overrides)))
 
-    async def _refresh_logged(self) -> None:
-        try:
-            await self.refresh()
-        except Exception as exc:  # the notifier's reconnect triggers another refresh
-            log.warning("could not read queue state (%s)", exc)
+    async def _refresh_logged(self, forget_overrides: str | None) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                await self.refresh(forget_overrides)
+                return
+            except Exception as exc:  # a signal's command must not wait for the next period
+                failures += 1
+                delay = min(self.interval, reconnect_backoff(failures))
+                log.warning("could not read queue state (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     def apply(self, wanted: Mapping[str, QueueState]) -> list[Producer]:
         """Stop, scale, pause and resume producers to match `wanted`; return the new
@@ -153,7 +199,8 @@ class QueueControl:
         for queue, state in wanted.items():
             producer = self.producers.get(queue)
             if producer is None:
-                producer = self._make_producer(queue, state.limit, state.paused)
+                previous = next((p for p in self.draining.values() if p.queue == queue), None)
+                producer = self._make_producer(queue, state.limit, state.paused, previous)
                 self.producers[queue] = producer
                 new.append(producer)
                 log.info("queue %s on %s: limit %d%s", queue, self.node, state.limit,
@@ -170,11 +217,15 @@ class QueueControl:
     def stop_producer(self, queue: str) -> None:
         """Stop one queue in the background: running jobs get the grace period."""
         producer = self.producers.pop(queue)
+        self.draining[producer.uuid] = producer
         self._track(asyncio.create_task(self._stop(producer)))
         log.info("queue %s stopping on %s", queue, self.node)
 
     async def _stop(self, producer: Producer) -> None:
-        await producer.stop(self.grace)
+        try:
+            await producer.stop(self.grace)
+        finally:
+            self.draining.pop(producer.uuid, None)
         try:
             await self._engine.forget_producers([producer.uuid])
         except Exception as exc:  # the row expires on its own
@@ -182,28 +233,38 @@ class QueueControl:
         await self._notify_changed()
 
     def _track(self, task: asyncio.Task[Any]) -> None:
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def apply_signal(self, message: Mapping[str, Any]) -> bool:
-        """Apply an Elixir node's (unpersisted) signal directly; True if it changed a
-        local producer. Kerrera's own signals are handled by `refresh` instead."""
+        """Apply an Elixir node's (unpersisted) signal; True if it changed a local
+        producer. It is kept as an override, so later reconciles do not undo it."""
+        if self._closed:
+            return False
         action, queue = message.get("action"), message.get("queue")
-        targets = [p for q, p in self.producers.items() if queue in ("*", q)]
+        targets = [q for q in self.producers if queue in ("*", q)]
+        limit = message.get("limit")
         if action == "pause":
-            for p in targets:
-                p.pause()
+            change: dict[str, Any] = {"paused": True}
         elif action == "resume":
-            for p in targets:
-                p.resume()
-        elif action == "scale" and type(message.get("limit")) is int and message["limit"] > 0:
-            for p in targets:
-                p.scale(message["limit"])
+            change = {"paused": False}
+        elif action == "scale" and type(limit) is int and limit > 0:
+            change = {"limit": limit}
         elif action == "stop":
-            for p in targets:
-                self.stop_producer(p.queue)
+            change = {"running": False}
         else:
             return False
+        for q in targets:
+            self.overrides.setdefault(q, {}).update(change)
+            producer = self.producers[q]
+            if action == "pause":
+                producer.pause()
+            elif action == "resume":
+                producer.resume()
+            elif action == "scale":
+                producer.scale(limit)  # type: ignore[arg-type]
+            else:
+                self.stop_producer(q)
         return bool(targets)
 
     async def _notify_changed(self) -> None:
@@ -212,6 +273,6 @@ class QueueControl:
             await result
 
     async def wait_stopped(self) -> None:
-        """Wait for queues being stopped (used when the node itself stops)."""
-        if self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
+        """Wait for queues being stopped and refreshes in flight (the node is stopping)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -29,7 +29,8 @@ async def run(args: argparse.Namespace) -> int:
     """Carry out `kerrera queues ...`."""
     from kerrera._app import Kerrera
 
-    app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir)
+    # Never migrate from here: a mistyped --prefix should fail, not create a schema.
+    app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir, migrate=False)
     try:
         if args.action is None:
             report = await app.check_all_queues()

@@ -35,6 +35,9 @@ log = logging.getLogger("kerrera.engine")
 #: management calls whose second run changes nothing the first did not.
 _RETRYABLE = frozenset({"get_jobs", "retry_jobs", "cancel_jobs", "delete_jobs"})
 
+#: A retry that collides with a unique insert committing at the same moment is run
+#: again (it then sees the new holder and gives its key up); this many times at most.
+UNIQUE_RACE_ATTEMPTS = 3
 #: Jobs per insert statement in `insert_all`: large enough to amortise the round trip,
 #: small enough that one JSON parameter stays a few megabytes.
 INSERT_BATCH = 5000
@@ -249,9 +252,13 @@ class PostgresEngine:
         return await self._rows("get_jobs", {"ids": list(ids)})
 
     async def retry_jobs(self, ids: Sequence[int]) -> list[Job]:
-        return await self._rows(
-            "retry_jobs", {"ids": list(ids), "channel": self.sql.insert_channel}
-        )
+        params = {"ids": list(ids), "channel": self.sql.insert_channel}
+        for _ in range(UNIQUE_RACE_ATTEMPTS - 1):
+            try:
+                return await self._rows("retry_jobs", params)
+            except psycopg.errors.UniqueViolation:
+                continue  # a duplicate committed meanwhile: now the statement sees it
+        return await self._rows("retry_jobs", params)
 
     async def cancel_jobs(self, ids: Sequence[int]) -> list[Job]:
         return await self._rows(

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from kerrera import _json
 from kerrera._job import Job
-from kerrera.engine.postgres import INSERT_BATCH
+from kerrera.engine.postgres import INSERT_BATCH, UNIQUE_RACE_ATTEMPTS
 from kerrera.engine.statements import (
     Statements,
     flagged_job_row,
@@ -108,9 +108,14 @@ class SyncPostgresEngine:
 
     def retry_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Make jobs that are not running available again."""
-        return self._rows(
-            "retry_jobs", {"ids": list(ids), "channel": self.sql.insert_channel}, conn
-        )
+        params = {"ids": list(ids), "channel": self.sql.insert_channel}
+        for _ in range(UNIQUE_RACE_ATTEMPTS - 1):
+            try:
+                return self._rows("retry_jobs", params, conn)
+            except psycopg.errors.UniqueViolation:
+                if conn is not None and not conn.autocommit:
+                    raise  # the caller's transaction is aborted: only it can decide
+        return self._rows("retry_jobs", params, conn)
 
     def cancel_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Cancel unfinished jobs."""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,18 +37,22 @@ class Executor:
     def __init__(self, threads: DaemonThreadPool) -> None:
         self.threads = threads
 
-    async def perform(self, job: Job) -> dict[str, Any] | None:
+    async def perform(
+        self, job: Job, linger: Callable[[asyncio.Future[None]], None] | None = None
+    ) -> dict[str, Any] | None:
         """Run `job` to its end and return its ack (None means plainly completed).
 
         Whatever happens, a job ends with an ack: only a cancellation that its producer
-        asked for (shutdown, pkill) propagates, as `asyncio.CancelledError`.
+        asked for (shutdown, pkill) propagates, as `asyncio.CancelledError`. A sync job
+        whose thread outlives it (a timeout, a pkill) is handed to `linger` as a future
+        that resolves when the thread is free, so its producer can keep the slot taken.
         """
         try:
             worker = resolve_worker(job.worker)
         except Exception as exc:  # unknown name, or a worker class that cannot be built
             return failure(job, None, exc, with_traceback=not isinstance(exc, UnknownWorkerError))
         try:
-            result = await self._call(worker, job)
+            result = await self._call(worker, job, linger)
             return None if result is None else outcome(job, worker, result)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
@@ -66,7 +71,10 @@ class Executor:
                 log.warning("job %s raised %r; recorded as an error", job.id, exc)
             return failure(job, worker, exc)
 
-    async def _call(self, worker: Worker, job: Job) -> Any:
+    async def _call(
+        self, worker: Worker, job: Job,
+        linger: Callable[[asyncio.Future[None]], None] | None = None,
+    ) -> Any:  # fmt: skip
         limit = worker.timeout(job)
         if worker.is_async:
             if limit is None:
@@ -76,20 +84,24 @@ class Executor:
                     return await worker.process(job)  # type: ignore[misc]
             except TimeoutError:
                 raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
-        started, future = self.threads.run(worker.process, job)
+        started, future, finished = self.threads.run(worker.process, job)
         try:
             await started
         except asyncio.CancelledError:
             future.cancel()  # not started yet: the thread skips it
             raise
-        if limit is None:
-            return await future
         try:
-            # A thread cannot be interrupted: past the limit the job fails and its thread
-            # is left to finish on its own (its result is then ignored).
-            return await asyncio.wait_for(future, limit)
-        except TimeoutError:
-            raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
+            if limit is None:
+                return await future
+            try:
+                # A thread cannot be interrupted: past the limit the job fails and its
+                # thread is left to finish on its own (its result is then ignored).
+                return await asyncio.wait_for(future, limit)
+            except TimeoutError:
+                raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
+        finally:
+            if not finished.done() and linger is not None:
+                linger(finished)
 
 
 def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:

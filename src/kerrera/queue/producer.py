@@ -30,6 +30,7 @@ class Producer:
     def __init__(
         self, queue: str, limit: int, *, engine: Engine, executor: Executor, node: str,
         poll_interval: float = 1.0, paused: bool = False,
+        predecessor: Producer | None = None,
     ) -> None:  # fmt: skip
         self.queue = queue
         self.limit = limit
@@ -54,6 +55,12 @@ class Producer:
         self._wakes = 0  # counts wake-ups, so a fetch can tell if one came meanwhile
         self._cancel_all = False
         self._failures = 0
+        # Threads of sync jobs that ended (timeout, pkill) while their thread ran on: the
+        # slot stays taken until the thread is free.
+        self._lingering: set[asyncio.Future[None]] = set()
+        # A producer of the same queue still draining after stop_queue: its running jobs
+        # count against this one's limit until it is done.
+        self._predecessor = predecessor
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,7 +194,27 @@ class Producer:
     def _demand(self) -> int:
         if self.paused or self._stopping or not self._more:
             return 0
-        return max(self.limit - len(self.running), 0)
+        busy = len(self.running) + len(self._lingering)
+        if self._predecessor is not None:
+            if self._predecessor.busy:
+                busy += self._predecessor.busy
+            else:
+                self._predecessor = None  # drained: forget it
+        return max(self.limit - busy, 0)
+
+    @property
+    def busy(self) -> int:
+        """Slots taken on this node: running jobs and threads still finishing."""
+        return len(self.running) + len(self._lingering)
+
+    def _linger(self, finished: asyncio.Future[None]) -> None:
+        self._lingering.add(finished)
+
+        def freed(fut: asyncio.Future[None]) -> None:
+            self._lingering.discard(fut)
+            self._wake.set()
+
+        finished.add_done_callback(freed)
 
     async def _cycle(self, demand: int, acks: AckBatch) -> None:
         """One round trip: write `acks`, claim up to `demand` jobs, start them."""
@@ -229,7 +256,7 @@ class Producer:
 
     async def _execute(self, job: Job) -> None:
         try:
-            ack = await self._executor.perform(job)
+            ack = await self._executor.perform(job, self._linger)
         except asyncio.CancelledError:
             if job.id in self._killed:
                 self._killed.discard(job.id)

@@ -9,6 +9,7 @@ back to `available` by the shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import queue
 import threading
@@ -37,14 +38,18 @@ class DaemonThreadPool:
 
     def run(
         self, func: Callable[..., Any], *args: Any
-    ) -> tuple[asyncio.Future[None], asyncio.Future[Any]]:
-        """Schedule `func(*args)`. Returns two futures on the calling loop: one resolved
-        when a thread starts the call (so timeouts count running time, not queueing),
-        and one with its result."""
+    ) -> tuple[asyncio.Future[None], asyncio.Future[Any], asyncio.Future[None]]:
+        """Schedule `func(*args)`. Returns three futures on the calling loop: `started`,
+        resolved when a thread starts the call (so timeouts count running time, not
+        queueing); `future`, with its result; and `finished`, resolved when the thread is
+        done with it, even after `future` was cancelled (a thread cannot be stopped, and
+        its slot stays taken until then)."""
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
         future: asyncio.Future[Any] = loop.create_future()
-        self._work.put((loop, started, future, contextvars.copy_context(), func, args))
+        finished: asyncio.Future[None] = loop.create_future()
+        self._work.put((loop, started, future, finished, contextvars.copy_context(), func,
+                        args))
         with self._lock:
             if self._idle == 0 and len(self._threads) < self.size:
                 thread = threading.Thread(target=self._loop, daemon=True,
@@ -53,7 +58,7 @@ class DaemonThreadPool:
                 thread.start()
             elif self._idle:
                 self._idle -= 1
-        return started, future
+        return started, future, finished
 
     def shutdown(self) -> None:
         """Ask idle threads to exit; busy ones exit after their current job."""
@@ -65,17 +70,34 @@ class DaemonThreadPool:
             item = self._work.get()
             if item is _STOP:
                 return
-            loop, started, future, context, func, args = item
+            loop, started, future, finished, context, func, args = item
             if not future.cancelled():  # a racy read, but only ever from pending to done
-                loop.call_soon_threadsafe(_settle, started, None, None)
+                _call_soon(loop, _settle, started, None, None)
                 try:
                     result = context.run(func, *args)
                 except BaseException as exc:
-                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                    _call_soon(loop, _finish, finished, future, None, exc)
                 else:
-                    loop.call_soon_threadsafe(_settle, future, result, None)
+                    _call_soon(loop, _finish, finished, future, result, None)
+            else:
+                _call_soon(loop, _settle, finished, None, None)
             with self._lock:
                 self._idle += 1
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., Any], *args: Any) -> None:
+    # The loop may have closed (the node stopped without waiting): nobody listens then.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(func, *args)
+
+
+def _finish(
+    finished: asyncio.Future[None], future: asyncio.Future[Any], result: Any,
+    exc: BaseException | None,
+) -> None:  # fmt: skip
+    # `finished` first: whoever awaits `future` sees the thread already free.
+    _settle(finished, None, None)
+    _settle(future, result, exc)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -48,6 +48,10 @@ class Cron(Background):
 
     async def _run(self) -> None:
         now = datetime.now(UTC).replace(tzinfo=None)
+        if not self._leadership.is_leader:
+            # @reboot belongs to the node that leads as it boots; one that takes over
+            # later did not boot the cluster.
+            self._rebooted = True
         while True:
             if self._leadership.is_leader:
                 try:

@@ -47,14 +47,20 @@ WITH input AS (
          uts, replace, ord)
 ), retired AS (
   UPDATE {prefix}.oban_jobs
+  -- (a concurrent retirer may have taken the key first: then there is nothing to move)
   SET meta = (meta - 'uniq_key' - 'uniq_states')
-             || jsonb_build_object('uniq_retired', meta -> 'uniq_key')
+             || CASE WHEN meta ? 'uniq_key'
+                     THEN jsonb_build_object('uniq_retired', meta -> 'uniq_key')
+                     ELSE '{}' END
   WHERE id IN (
     SELECT o.id FROM input i JOIN {prefix}.oban_jobs o ON o.meta ->> 'uniq_key' = i.ukey
     WHERE i.period IS NOT NULL AND {uniq_pred:o.}
-      AND CASE WHEN i.uts = 'scheduled_at' THEN o.scheduled_at ELSE o.inserted_at END
-          < CASE WHEN i.uts = 'scheduled_at' THEN i.due ELSE timezone('UTC', now()) END
-            - make_interval(secs => i.period))
+      -- more than a period apart, on either side (a holder scheduled far ahead does not
+      -- block a job due now)
+      AND abs(extract(epoch FROM
+            CASE WHEN i.uts = 'scheduled_at' THEN o.scheduled_at ELSE o.inserted_at END
+            - CASE WHEN i.uts = 'scheduled_at' THEN i.due ELSE timezone('UTC', now()) END))
+          >= i.period)
   RETURNING id
 ), ins AS (
   INSERT INTO {prefix}.oban_jobs AS j
@@ -263,8 +269,10 @@ SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY
 
 -- name: retry_jobs
 -- Any job that is not running goes back to available now; a job whose attempts are spent
--- gets one more. A unique job whose key another job holds meanwhile gives its key up
--- (renamed uniq_retired): a retry by hand should not fail on the unique index.
+-- gets one more. A unique job whose key another job holds meanwhile, or that another
+-- job retried here shares, gives its key up (renamed uniq_retired): a retry by hand
+-- should not fail on the unique index. (A unique insert committing concurrently can
+-- still collide; the engine then runs the statement again.)
 WITH retried AS (
   UPDATE {prefix}.oban_jobs j
   SET state = 'available', scheduled_at = timezone('UTC', now()),
@@ -273,7 +281,8 @@ WITH retried AS (
       meta = CASE WHEN EXISTS (
                    SELECT 1 FROM {prefix}.oban_jobs o
                    WHERE o.meta ->> 'uniq_key' = j.meta ->> 'uniq_key' AND o.id <> j.id
-                     AND {uniq_pred:o.})
+                     AND ({uniq_pred:o.}
+                          OR (o.id = ANY(%(ids)s::bigint[]) AND o.state <> 'executing')))
                   THEN (j.meta - 'uniq_key' - 'uniq_states')
                        || jsonb_build_object('uniq_retired', j.meta -> 'uniq_key')
                   ELSE j.meta END
