@@ -18,6 +18,8 @@ log = logging.getLogger("kerrera.notifier")
 
 #: Seconds one wait for notifications lasts before the loop checks whether to stop.
 _WAIT = 0.5
+#: Seconds `start` waits for the first LISTEN before going on without it.
+_READY_WAIT = 5.0
 
 
 class PostgresNotifier(ListenerRegistry):
@@ -34,9 +36,15 @@ class PostgresNotifier(ListenerRegistry):
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._stopping = False
+        self._ready = asyncio.Event()
 
     async def start(self) -> None:
+        """Start listening; wait (up to a few seconds) until LISTEN is in place, so that a
+        signal sent right after the node started is heard. If the database is away, go
+        on: producers poll meanwhile."""
         self._task = asyncio.create_task(self._run(), name="kerrera-notifier")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), _READY_WAIT)
 
     async def stop(self) -> None:
         # Ask the loop to end rather than relying on cancellation alone: a task cancelled
@@ -58,6 +66,8 @@ class PostgresNotifier(ListenerRegistry):
         if up == self._up:
             return
         self._up = up
+        if up:
+            self._ready.set()
         log.log(logging.INFO if up else logging.WARNING,
                 "notifications %s", "up" if up else "down: polling until reconnected")
         for listener in self._status:

@@ -66,6 +66,7 @@ class Producer:
     def start(self) -> None:
         """Begin fetching (call on the running loop)."""
         self.started_at = datetime.now(UTC).replace(tzinfo=None)
+        self._wake.set()  # look for waiting jobs at once, not after the first poll interval
         self._task = asyncio.create_task(self._run(), name=f"kerrera-producer-{self.queue}")
 
     def wake(self) -> None:
