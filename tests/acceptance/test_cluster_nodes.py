@@ -156,6 +156,17 @@ def test_cron_ticks_are_inserted_once_while_nodes_start_and_die(
                  (name,))
     assert states == [(str(JobState.COMPLETED),)] or all(
         s in ("completed", "executing", "available") for (s,) in states)
+    # And the next real tick arrives on time, once, from whichever node leads now.
+    before = {t for t, _ in ticks}
+    fresh = until(lambda: [t for (t,) in sql(
+        "SELECT meta->>'cron_tick' FROM oban_jobs WHERE meta->>'cron_name' = %s", (name,))
+        if t not in before], timeout=75)
+    (tick,) = fresh
+    inserted = sql("SELECT inserted_at FROM oban_jobs WHERE meta->>'cron_tick' = %s AND "
+                   "meta->>'cron_name' = %s", (tick, name))[0][0]
+    assert inserted.strftime("%Y-%m-%dT%H:%M") == tick and inserted.second < 5
+    time.sleep(1)
+    assert sql("SELECT count(*) FROM oban_jobs WHERE meta->>'cron_tick' = %s", (tick,)) == [(1,)]
     for node in [*others, again]:
         node.signal(signal.SIGTERM)
         assert node.wait(timeout=15) == 0, node.stderr
