@@ -124,8 +124,15 @@ def start_node(run: Callable[..., Node]) -> Callable[..., Node]:
 
     def start(*, queues: str = "default:5", grace: float = 1.0, name: str | None = None,
               extra: tuple[str, ...] = ()) -> Node:  # fmt: skip
-        args = ["--queues", queues, "--module", "acceptance.nodeworkers",
-                "--shutdown-grace-period", str(grace), *extra]
+        args = [
+            "--queues",
+            queues,
+            "--module",
+            "acceptance.nodeworkers",
+            "--shutdown-grace-period",
+            str(grace),
+            *extra,
+        ]
         if name is not None:
             args += ["--node", name]
         node = run("start", *args)

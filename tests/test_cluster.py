@@ -70,8 +70,9 @@ async def test_pause_from_anywhere_stops_every_node_and_persists(make_app: Any, 
     await a.start()
     await b.start()
     await operator.pause_queue("default")
-    await eventually(lambda: a.check_queue("default")["paused"]
-                     and b.check_queue("default")["paused"], timeout=1)
+    await eventually(
+        lambda: a.check_queue("default")["paused"] and b.check_queue("default")["paused"], timeout=1
+    )
     await operator.insert_all([Scripted.new({}) for _ in range(4)])
     await asyncio.sleep(1.5)
     assert scripted.RUNS == []
@@ -80,8 +81,9 @@ async def test_pause_from_anywhere_stops_every_node_and_persists(make_app: Any, 
     await c.start()
     assert c.check_queue("default")["paused"] is True
     await operator.resume_queue("default")
-    await eventually(lambda: sql("SELECT count(*) FROM oban_jobs WHERE state = 'completed'")
-                     [0][0] == 4)
+    await eventually(
+        lambda: sql("SELECT count(*) FROM oban_jobs WHERE state = 'completed'")[0][0] == 4
+    )
 
 
 async def test_node_scoped_commands_and_check_all_queues(make_app: Any) -> None:
@@ -97,8 +99,11 @@ async def test_node_scoped_commands_and_check_all_queues(make_app: Any) -> None:
     assert not a.check_queue("default")["paused"]
     report = await make_app().check_all_queues()
     seen = {(r["node"], r["queue"]): (r["limit"], r["paused"], r["running"]) for r in report}
-    assert seen == {("a", "default"): (5, False, 0), ("a", "media"): (1, False, 0),
-                    ("b", "default"): (2, True, 0)}
+    assert seen == {
+        ("a", "default"): (5, False, 0),
+        ("a", "media"): (1, False, 0),
+        ("b", "default"): (2, True, 0),
+    }
     # a command for every node overrides the node-scoped one
     await a.resume_queue("default")
     await eventually(lambda: not b.check_queue("default")["paused"], timeout=1)
@@ -113,35 +118,44 @@ async def test_start_and_stop_queue_across_nodes(make_app: Any, sql: Any) -> Non
     await eventually(lambda: "extra" in a.producers and "extra" in b.producers, timeout=1)
     assert b.check_queue("extra")["limit"] == 3
     job = await a.insert(Scripted.new({}, queue="extra"))
-    await eventually(lambda: sql("SELECT state FROM oban_jobs WHERE id = %s", (job.id,))
-                     == [("completed",)])
+    await eventually(
+        lambda: sql("SELECT state FROM oban_jobs WHERE id = %s", (job.id,)) == [("completed",)]
+    )
     await b.stop_queue("extra", node="a")
     await eventually(lambda: "extra" not in a.producers, timeout=1)
     assert "extra" in b.producers
     await b.stop_queue("default")
-    await eventually(lambda: not a.producers.get("default") and not b.producers.get("default"),
-                     timeout=2)
+    await eventually(
+        lambda: not a.producers.get("default") and not b.producers.get("default"), timeout=2
+    )
     with pytest.raises(ConfigError, match="limit"):
         await a.start_queue("bad", 0)
 
 
-async def test_an_elixir_signal_pauses_the_named_node_only(make_app: Any, dsn: str,
-                                                            prefix: str) -> None:
+async def test_an_elixir_signal_pauses_the_named_node_only(
+    make_app: Any, dsn: str, prefix: str
+) -> None:
     a = make_app(queues={"default": 1}, node="py-1")
     b = make_app(queues={"default": 1}, node="py-2")
     await a.start()
     await b.start()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_notify(%s, %s)", (f"{prefix}.oban_signal",
-                     '{"action":"pause","ident":"Oban.py-1","queue":"default"}'))
+        conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (f"{prefix}.oban_signal", '{"action":"pause","ident":"Oban.py-1","queue":"default"}'),
+        )
     await eventually(lambda: a.check_queue("default")["paused"], timeout=1)
     await asyncio.sleep(0.2)
     assert not b.check_queue("default")["paused"]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_notify(%s, %s)", (f"{prefix}.oban_signal",
-                     '{"action":"scale","ident":"any","queue":"*","limit":4}'))
-    await eventually(lambda: a.check_queue("default")["limit"] == 4
-                     and b.check_queue("default")["limit"] == 4, timeout=1)
+        conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (f"{prefix}.oban_signal", '{"action":"scale","ident":"any","queue":"*","limit":4}'),
+        )
+    await eventually(
+        lambda: a.check_queue("default")["limit"] == 4 and b.check_queue("default")["limit"] == 4,
+        timeout=1,
+    )
 
 
 _seen_cancelled = threading.Event()
@@ -168,22 +182,31 @@ async def test_cancelling_a_sync_job_on_another_node(make_app: Any) -> None:
 
 
 async def test_pruner_deletes_old_finished_jobs_in_batches(make_app: Any, sql: Any) -> None:
-    app = make_app(queues={"default": 1}, prune_max_age={"completed": 60, "discarded": 3600},
-                   prune_limit=7)
+    app = make_app(
+        queues={"default": 1}, prune_max_age={"completed": 60, "discarded": 3600}, prune_limit=7
+    )
     await app.migrate()
     await app.insert_all([Scripted.new({"n": i}) for i in range(30)])
-    sql("UPDATE oban_jobs SET state = 'completed', completed_at = now() - interval '2 min' "
-        "WHERE (args->>'n')::int < 20")
-    sql("UPDATE oban_jobs SET state = 'discarded', discarded_at = now() - interval '2 min' "
-        "WHERE (args->>'n')::int BETWEEN 20 AND 24")  # younger than an hour: kept
-    sql("UPDATE oban_jobs SET state = 'cancelled', cancelled_at = now() - interval '9 days' "
-        "WHERE (args->>'n')::int >= 25")  # cancelled has no max age here: kept
+    sql(
+        "UPDATE oban_jobs SET state = 'completed', completed_at = now() - interval '2 min' "
+        "WHERE (args->>'n')::int < 20"
+    )
+    sql(
+        "UPDATE oban_jobs SET state = 'discarded', discarded_at = now() - interval '2 min' "
+        "WHERE (args->>'n')::int BETWEEN 20 AND 24"
+    )  # younger than an hour: kept
+    sql(
+        "UPDATE oban_jobs SET state = 'cancelled', cancelled_at = now() - interval '9 days' "
+        "WHERE (args->>'n')::int >= 25"
+    )  # cancelled has no max age here: kept
     await app.pause_queue("default")
     await app.start()
     pruned = await _service(app, Pruner).prune_once()
     assert pruned == {"completed": 20}
     assert sql("SELECT state::text, count(*) FROM oban_jobs GROUP BY 1 ORDER BY 1") == [
-        ("cancelled", 5), ("discarded", 5)]
+        ("cancelled", 5),
+        ("discarded", 5),
+    ]
 
 
 async def test_bad_cluster_options_name_the_option() -> None:
@@ -206,8 +229,10 @@ async def test_bad_cluster_options_name_the_option() -> None:
 async def test_cron_inserts_each_owed_tick_once_even_from_two_leaders(
     make_app: Any, sql: Any
 ) -> None:
-    crontab = [("* * * * *", Scripted, {"args": {"do": "ok"}, "name": "every-minute"}),
-               ("@reboot", Scripted, {"args": {"boot": True}})]
+    crontab = [
+        ("* * * * *", Scripted, {"args": {"do": "ok"}, "name": "every-minute"}),
+        ("@reboot", Scripted, {"args": {"boot": True}}),
+    ]
     a = make_app(node="a", crontab=crontab, cron_catch_up=600)
     b = make_app(node="b", crontab=crontab, cron_catch_up=600, leader=False)
     await a.start()
@@ -215,15 +240,19 @@ async def test_cron_inserts_each_owed_tick_once_even_from_two_leaders(
     cron_a, cron_b = _service(a, Cron), _service(b, Cron)
     await eventually(lambda: sql("SELECT count(*) FROM oban_jobs WHERE args ? 'boot'")[0][0])
     # pretend the last evaluation was 4 minutes ago (a restart, a leadership gap)
-    sql("UPDATE kerrera_cron SET last_tick = timezone('UTC', now()) - interval '4 minutes' "
-        "+ interval '1 second'")
+    sql(
+        "UPDATE kerrera_cron SET last_tick = timezone('UTC', now()) - interval '4 minutes' "
+        "+ interval '1 second'"
+    )
     b._leadership._leading, b._leadership._valid_until = True, float("inf")  # split brain
     cron_b._rebooted = True  # b booted long ago: its @reboot is not owed
     results = await asyncio.gather(cron_a.evaluate_once(), cron_b.evaluate_once())
     inserted = results[0][0] + results[1][0]
     assert len(inserted) == 4
-    ticks = sql("SELECT meta->>'cron_tick' FROM oban_jobs WHERE meta->>'cron_name' = "
-                "'every-minute' ORDER BY 1")
+    ticks = sql(
+        "SELECT meta->>'cron_tick' FROM oban_jobs WHERE meta->>'cron_name' = "
+        "'every-minute' ORDER BY 1"
+    )
     assert len(ticks) == 4 and len(set(ticks)) == 4
     meta = inserted[0].meta
     assert meta["cron"] is True and meta["cron_expr"] == "* * * * *"
@@ -235,13 +264,14 @@ async def test_cron_inserts_each_owed_tick_once_even_from_two_leaders(
     assert sql("SELECT count(*) FROM oban_jobs WHERE args ? 'boot'")[0][0] == 1
 
 
-async def test_reindexer_rebuilds_and_drops_leftovers(make_app: Any, sql: Any,
-                                                      prefix: str) -> None:
+async def test_reindexer_rebuilds_and_drops_leftovers(make_app: Any, sql: Any, prefix: str) -> None:
     app = make_app(queues={"default": 1})
     await app.start()
     sql("CREATE INDEX oban_jobs_meta_index_ccnew ON oban_jobs (id)")
-    sql("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
-        (f"{prefix}.oban_jobs_meta_index_ccnew",))
+    sql(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+        (f"{prefix}.oban_jobs_meta_index_ccnew",),
+    )
     rebuilt = await _service(app, Reindexer).reindex_once()
     assert f"{prefix}.kerrera_jobs_unique_index" in rebuilt
     assert f"{prefix}.oban_jobs_args_index" in rebuilt

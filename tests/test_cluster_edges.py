@@ -67,8 +67,9 @@ async def test_an_elixir_pause_survives_unrelated_commands(make_app: Any) -> Non
     a = make_app(queues={"default": 1, "other": 1}, node="a")
     await a.start()
     await eventually(lambda: a._notifier.connected, timeout=5)
-    await a.engine.notify(a.engine.sql.signal_channel,
-                          '{"action":"pause","ident":"any","queue":"default"}')
+    await a.engine.notify(
+        a.engine.sql.signal_channel, '{"action":"pause","ident":"any","queue":"default"}'
+    )
     await eventually(lambda: a.check_queue("default")["paused"], timeout=3)
     await a.scale_queue("other", 2)  # re-reads the table: must not undo Elixir's pause
     assert a.check_queue("default")["paused"]
@@ -81,9 +82,10 @@ async def test_a_signal_for_a_longer_node_name_is_not_ours(make_app: Any) -> Non
     await a.start()
     await eventually(lambda: a._notifier.connected, timeout=5)
     for ident in ("Oban.eu.worker", "Oban.worker"):
-        await a.engine.notify(a.engine.sql.signal_channel,
-                              f'{{"action":"scale","ident":"{ident}","queue":"default",'
-                              f'"limit":{len(ident)}}}')
+        await a.engine.notify(
+            a.engine.sql.signal_channel,
+            f'{{"action":"scale","ident":"{ident}","queue":"default","limit":{len(ident)}}}',
+        )
     await eventually(lambda: a.check_queue("default")["limit"] == len("Oban.worker"))
 
 
@@ -139,8 +141,10 @@ async def test_a_cancelled_sync_job_keeps_its_slot_until_its_thread_ends(make_ap
     await eventually(lambda: app.check_queue("stubborn")["running"] == 0)
     await asyncio.sleep(0.5)
     assert _Stubborn.live == 1  # the second waits for the first thread
-    await eventually(lambda: (lambda j: j and str(j.state) == "completed")(
-        app.sync.get_job(second.id)), timeout=10)
+    await eventually(
+        lambda: (lambda j: j and str(j.state) == "completed")(app.sync.get_job(second.id)),
+        timeout=10,
+    )
     assert _Stubborn.peak == 1
 
 
@@ -161,8 +165,11 @@ async def test_a_retry_racing_a_unique_insert_does_not_fail(make_app: Any, dsn: 
     app = make_app()
     a = await app.insert(Scripted.new({"k": 2}, unique=U))
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
-        await c.execute(f'UPDATE "{app.config.prefix}".oban_jobs SET state = \'discarded\', '
-                        "discarded_at = now() WHERE id = %s", (a.id,))
+        await c.execute(
+            f"UPDATE \"{app.config.prefix}\".oban_jobs SET state = 'discarded', "
+            "discarded_at = now() WHERE id = %s",
+            (a.id,),
+        )
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         new = await make_app().insert(Scripted.new({"k": 2}, unique=U), conn=conn)
         retry = asyncio.create_task(app.retry_job(a.id))  # waits on the new index entry
@@ -182,10 +189,17 @@ async def test_a_holder_scheduled_more_than_a_period_away_does_not_block(make_ap
     assert (await app.insert(Scripted.new({"k": 3}, unique=spec, schedule_in=30))).conflict
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("cron_catch_up", math.inf), ("cron_catch_up", 30 * 86400), ("leader_lease", math.inf),
-    ("leader_lease", math.nan), ("prune_interval", math.nan), ("poll_interval", math.inf),
-])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("cron_catch_up", math.inf),
+        ("cron_catch_up", 30 * 86400),
+        ("leader_lease", math.inf),
+        ("leader_lease", math.nan),
+        ("prune_interval", math.nan),
+        ("poll_interval", math.inf),
+    ],
+)
 def test_seconds_must_be_finite_and_sane(option: str, value: float) -> None:
     with pytest.raises(ConfigError, match=option):
         Kerrera("postgresql://x", **{option: value})

@@ -22,8 +22,10 @@ def run_demo(*options: str, timeout: float = 100) -> subprocess.CompletedProcess
         return subprocess.run([KERRERA, "demo", *options], capture_output=True, text=True,
                               timeout=timeout, check=False)  # fmt: skip
     except subprocess.TimeoutExpired as exc:  # show how far it got
-        pytest.fail(f"kerrera demo did not end in {timeout}s; stdout:\n{exc.stdout!r}\n"
-                    f"stderr:\n{exc.stderr!r}")
+        pytest.fail(
+            f"kerrera demo did not end in {timeout}s; stdout:\n{exc.stdout!r}\n"
+            f"stderr:\n{exc.stderr!r}"
+        )
 
 
 def test_demo_completes_every_job(

@@ -8,7 +8,12 @@ import kerrera
 def test_all_is_sorted_and_complete() -> None:
     assert kerrera.__all__ == sorted(kerrera.__all__)
     public = {n for n in dir(kerrera) if not n.startswith("_")} - {
-        "engine", "migrations", "notifier", "queue", "services", "cli",
+        "engine",
+        "migrations",
+        "notifier",
+        "queue",
+        "services",
+        "cli",
     }
     assert public == set(kerrera.__all__)
 

@@ -14,8 +14,9 @@ from kerrera import ConfigError, Job, JobState, Kerrera
 
 async def test_insert_returns_the_saved_row(make_app: Any) -> None:
     app = make_app()
-    job = await app.insert(Scripted.new({"n": 1}, priority=3, tags=[" Audio", "audio", "Rig"],
-                                        meta={"source": "api"}))
+    job = await app.insert(
+        Scripted.new({"n": 1}, priority=3, tags=[" Audio", "audio", "Rig"], meta={"source": "api"})
+    )
     assert job.id is not None and job.state is JobState.AVAILABLE
     assert job.worker == "support.scripted.Scripted" and job.queue == "default"
     assert job.args == {"n": 1} and job.priority == 3 and job.max_attempts == 3
@@ -74,15 +75,14 @@ async def test_insert_works_on_a_connection_with_another_row_factory(
         one = await app.insert(Scripted.new({"n": 1}), conn=conn)
         many = await app.insert_all([Scripted.new({"n": i}) for i in range(300)], conn=conn)
     with psycopg.connect(dsn, row_factory=dict_row) as sync_conn:
-        sync_one = Kerrera(dsn, prefix=app.config.prefix).sync.insert(Scripted.new({}),
-                                                                      conn=sync_conn)
+        sync_one = Kerrera(dsn, prefix=app.config.prefix).sync.insert(
+            Scripted.new({}), conn=sync_conn
+        )
     assert isinstance(one.id, int) and len(many) == 300 and isinstance(sync_one.id, int)
     assert (await app.get_job(many[-1].id)).args == {"n": 299}
 
 
-async def test_transactional_insert_is_invisible_until_commit(
-    make_app: Any, dsn: str
-) -> None:
+async def test_transactional_insert_is_invisible_until_commit(make_app: Any, dsn: str) -> None:
     app = make_app()
     await app.migrate()
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
@@ -127,8 +127,10 @@ async def test_bulk_copy_keeps_awkward_values_exactly(make_app: Any, sql: Any) -
     jobs = [Scripted.new({**awkward, "i": i}, tags=tags, meta={"m": "\t"}) for i in range(300)]
     app = make_app()
     saved = await app.insert_all(jobs)
-    rows = sql("SELECT id, args, tags, meta, state::text, inserted_at, scheduled_at "
-               "FROM oban_jobs ORDER BY id")
+    rows = sql(
+        "SELECT id, args, tags, meta, state::text, inserted_at, scheduled_at "
+        "FROM oban_jobs ORDER BY id"
+    )
     assert [r[0] for r in rows] == [j.id for j in saved]
     assert all(r[1] == {**awkward, "i": i} for i, r in enumerate(rows))
     assert all(r[2] == [t.lower() for t in tags] and r[3] == {"m": "\t"} for r in rows)

@@ -20,22 +20,34 @@ def _catalog(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
     q = lambda s, *p: conn.execute(s, p).fetchall()  # noqa: E731
     conn.execute("SET search_path TO public")  # so defaults print schema-qualified
     return {
-        "columns": q("SELECT column_name, data_type, udt_name, is_nullable, column_default "
-                     "FROM information_schema.columns WHERE table_schema = %s "
-                     "AND table_name = 'oban_jobs' ORDER BY ordinal_position", prefix),
-        "constraints": q("SELECT conname, pg_get_constraintdef(c.oid), convalidated "
-                         "FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
-                         "JOIN pg_namespace n ON n.oid = r.relnamespace "
-                         "WHERE n.nspname = %s AND r.relname = 'oban_jobs' ORDER BY 1", prefix),
-        "enum": q("SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid "
-                  "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %s "
-                  "AND t.typname = 'oban_job_state' ORDER BY e.enumsortorder", prefix),
+        "columns": q(
+            "SELECT column_name, data_type, udt_name, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = 'oban_jobs' ORDER BY ordinal_position",
+            prefix,
+        ),
+        "constraints": q(
+            "SELECT conname, pg_get_constraintdef(c.oid), convalidated "
+            "FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+            "JOIN pg_namespace n ON n.oid = r.relnamespace "
+            "WHERE n.nspname = %s AND r.relname = 'oban_jobs' ORDER BY 1",
+            prefix,
+        ),
+        "enum": q(
+            "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %s "
+            "AND t.typname = 'oban_job_state' ORDER BY e.enumsortorder",
+            prefix,
+        ),
         "comment": q("SELECT obj_description(%s::regclass, 'pg_class')", f"{prefix}.oban_jobs"),
-        "indexes": q("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s "
-                     "AND tablename = 'oban_jobs' AND indexname LIKE 'oban%%' ORDER BY 1",
-                     prefix),
-        "peers": q("SELECT relpersistence FROM pg_class WHERE oid = %s::regclass",
-                   f"{prefix}.oban_peers"),
+        "indexes": q(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s "
+            "AND tablename = 'oban_jobs' AND indexname LIKE 'oban%%' ORDER BY 1",
+            prefix,
+        ),
+        "peers": q(
+            "SELECT relpersistence FROM pg_class WHERE oid = %s::regclass", f"{prefix}.oban_peers"
+        ),
     }
 
 

@@ -95,8 +95,10 @@ async def test_retryable_waits_for_the_backoff(make_app: Any, sql: Any) -> None:
             return found if found.state is JobState.RETRYABLE else None
 
         found = await eventually(retryable)
-    (delay,) = sql("SELECT extract(epoch FROM scheduled_at - attempted_at) FROM oban_jobs "
-                   "WHERE id = %s", (job.id,))[0]
+    (delay,) = sql(
+        "SELECT extract(epoch FROM scheduled_at - attempted_at) FROM oban_jobs WHERE id = %s",
+        (job.id,),
+    )[0]
     assert 0.05 < float(delay) < 1.0  # Scripted.backoff says 0.1 s
     assert found.attempt == 1
 

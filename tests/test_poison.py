@@ -13,23 +13,42 @@ from kerrera.engine.base import AckBatch
 from kerrera.queue import DaemonThreadPool, Executor, Producer
 
 
-async def test_awkward_outcomes_are_recorded_and_the_queue_goes_on(
-    make_app: Any, sql: Any
-) -> None:
+async def test_awkward_outcomes_are_recorded_and_the_queue_goes_on(make_app: Any, sql: Any) -> None:
     app = make_app(queues={"default": 5}, stage_interval=0.1)
     async with app:
         jobs = await app.insert_all(
-            [Awkward.new({"what": w}) for w in ("nul_error", "nul_record", "snooze_forever",
-                                                 "nan_backoff")]
+            [
+                Awkward.new({"what": w})
+                for w in ("nul_error", "nul_record", "snooze_forever", "nan_backoff")
+            ]
             + [Scripted.new({"n": i}) for i in range(20)]
         )
-        await eventually(lambda: sql("SELECT count(*) FROM oban_jobs WHERE state = "
-                                     "'completed' AND worker LIKE '%%Scripted'")[0][0] == 20)
-        await eventually(lambda: sql("SELECT count(*) FROM oban_jobs WHERE state IN "
-                                     "('retryable', 'discarded', 'scheduled')")[0][0] == 4)
-    rows = {r[0]: r[1:] for r in sql("SELECT args->>'what', state::text, errors, "
-                                     "scheduled_at > now() + interval '1 year' "
-                                     "FROM oban_jobs WHERE args ? 'what'")}
+        await eventually(
+            lambda: (
+                sql(
+                    "SELECT count(*) FROM oban_jobs WHERE state = "
+                    "'completed' AND worker LIKE '%%Scripted'"
+                )[0][0]
+                == 20
+            )
+        )
+        await eventually(
+            lambda: (
+                sql(
+                    "SELECT count(*) FROM oban_jobs WHERE state IN "
+                    "('retryable', 'discarded', 'scheduled')"
+                )[0][0]
+                == 4
+            )
+        )
+    rows = {
+        r[0]: r[1:]
+        for r in sql(
+            "SELECT args->>'what', state::text, errors, "
+            "scheduled_at > now() + interval '1 year' "
+            "FROM oban_jobs WHERE args ? 'what'"
+        )
+    }
     assert "RuntimeError: bad \\x00 byte" in rows["nul_error"][1][0]["error"]
     assert "NUL character" in rows["nul_record"][1][0]["error"]
     assert rows["snooze_forever"][0] == "scheduled" and rows["snooze_forever"][2]
@@ -44,8 +63,9 @@ class _RefusingEngine:
         self.written: list[dict[str, Any]] = []
         self.done: list[int] = []
 
-    async def fetch_jobs(self, queue: str, demand: int, acks: AckBatch, node: str,
-                         producer: str) -> list[Job]:
+    async def fetch_jobs(
+        self, queue: str, demand: int, acks: AckBatch, node: str, producer: str
+    ) -> list[Job]:
         await self.ack_jobs(acks)
         return []
 
@@ -61,12 +81,21 @@ class _RefusingEngine:
 
 async def test_a_refused_ack_is_replaced_and_the_others_are_written() -> None:
     engine = _RefusingEngine()
-    producer = Producer("q", 5, engine=engine, executor=Executor(DaemonThreadPool(1)),  # type: ignore[arg-type]
-                        node="n", poll_interval=0.05)
+    producer = Producer(
+        "q",
+        5,
+        engine=engine,
+        executor=Executor(DaemonThreadPool(1)),  # type: ignore[arg-type]
+        node="n",
+        poll_interval=0.05,
+    )
     producer._acks = AckBatch(
-        done_ids=[1], done_attempts=[1],
-        other=[{"id": 2, "attempt": 1, "state": "completed", "meta": {"return": "x"}},
-               {"id": 3, "attempt": 1, "state": "cancelled", "error": {"error": "r"}}],
+        done_ids=[1],
+        done_attempts=[1],
+        other=[
+            {"id": 2, "attempt": 1, "state": "completed", "meta": {"return": "x"}},
+            {"id": 3, "attempt": 1, "state": "cancelled", "error": {"error": "r"}},
+        ],
     )
     producer.start()
     await eventually(lambda: {a["id"] for a in engine.written} == {2, 3})

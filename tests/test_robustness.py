@@ -15,20 +15,33 @@ FINISHED = ("completed", "retryable", "discarded", "cancelled")
 
 
 async def _all_finished(sql: Any, n: int) -> bool:
-    return bool(sql("SELECT count(*) = %s FROM oban_jobs WHERE state::text = ANY(%s)",
-                    (n, list(FINISHED)))[0][0])
+    return bool(
+        sql("SELECT count(*) = %s FROM oban_jobs WHERE state::text = ANY(%s)", (n, list(FINISHED)))[
+            0
+        ][0]
+    )
 
 
 async def test_jobs_that_break_the_executor_still_end(make_app: Any, sql: Any) -> None:
     app = make_app(queues={"default": 5}, stage_interval=0.1)
     async with app:
-        jobs = await app.insert_all([
-            NeedsArgs.new({}), stop_iteration.new({}),
-            Misbehaving.new({"what": "cancelled_error"}),
-            Misbehaving.new({"what": "snooze_with_odd_meta"}, meta={"snoozed": "x"}),
-        ])
-        await eventually(lambda: sql("SELECT count(*) FROM oban_jobs WHERE state IN "
-                                     "('discarded', 'completed')")[0][0] == 4, timeout=15)
+        jobs = await app.insert_all(
+            [
+                NeedsArgs.new({}),
+                stop_iteration.new({}),
+                Misbehaving.new({"what": "cancelled_error"}),
+                Misbehaving.new({"what": "snooze_with_odd_meta"}, meta={"snoozed": "x"}),
+            ]
+        )
+        await eventually(
+            lambda: (
+                sql("SELECT count(*) FROM oban_jobs WHERE state IN ('discarded', 'completed')")[0][
+                    0
+                ]
+                == 4
+            ),
+            timeout=15,
+        )
     rows = {r[0]: r[1:] for r in sql("SELECT id, state::text, errors FROM oban_jobs")}
     needs, stop_it, cancel_err, odd = (rows[j.id] for j in jobs)
     assert needs[0] == "discarded" and "TypeError" in needs[1][0]["error"]

@@ -22,19 +22,26 @@ async def test_concurrency_never_exceeds_the_limit(make_app: Any, sql: Any) -> N
     async with app:
         await app.insert_all([Scripted.new({"do": "sleep", "seconds": 0.05}) for _ in range(30)])
         await eventually(lambda: _count(sql, "completed"), timeout=15)
-        await eventually(lambda: sql("SELECT count(*) = 30 FROM oban_jobs "
-                                     "WHERE state = 'completed'")[0][0], timeout=15)
+        await eventually(
+            lambda: sql("SELECT count(*) = 30 FROM oban_jobs WHERE state = 'completed'")[0][0],
+            timeout=15,
+        )
     assert scripted.max_concurrency() == 3
 
 
 async def test_limits_are_per_queue(make_app: Any, sql: Any) -> None:
     app = make_app(queues={"a": 2, "b": 4})
     async with app:
-        jobs = [Scripted.new({"do": "sleep", "seconds": 0.1}, queue=q)
-                for q in ("a", "b") for _ in range(8)]
+        jobs = [
+            Scripted.new({"do": "sleep", "seconds": 0.1}, queue=q)
+            for q in ("a", "b")
+            for _ in range(8)
+        ]
         await app.insert_all(jobs)
-        await eventually(lambda: sql("SELECT count(*) = 16 FROM oban_jobs "
-                                     "WHERE state = 'completed'")[0][0], timeout=15)
+        await eventually(
+            lambda: sql("SELECT count(*) = 16 FROM oban_jobs WHERE state = 'completed'")[0][0],
+            timeout=15,
+        )
     assert scripted.max_concurrency() == 6
 
 
@@ -78,8 +85,9 @@ async def test_pause_resume_and_scale(make_app: Any, sql: Any) -> None:
         assert app.check_queue("default")["paused"] is True
         await app.scale_queue("default", 3)
         await app.resume_queue("default")
-        await eventually(lambda: sql("SELECT count(*) = 6 FROM oban_jobs "
-                                     "WHERE state = 'completed'")[0][0])
+        await eventually(
+            lambda: sql("SELECT count(*) = 6 FROM oban_jobs WHERE state = 'completed'")[0][0]
+        )
         check = app.check_queue("default")
     assert check["started"] is True
     assert check["limit"] == 3 and check["paused"] is False
@@ -105,8 +113,11 @@ async def test_jobs_from_a_lost_fetch_reply_are_reclaimed(make_app: Any, sql: An
         await app.pause_queue("default")
         job = await app.insert(Scripted.new({}))
         # What a fetch that committed but whose reply was lost leaves behind:
-        sql("UPDATE oban_jobs SET state = 'executing', attempt = 1, "
-            "attempted_by = ARRAY[%s, %s] WHERE id = %s", (app.node, producer.uuid, job.id))
+        sql(
+            "UPDATE oban_jobs SET state = 'executing', attempt = 1, "
+            "attempted_by = ARRAY[%s, %s] WHERE id = %s",
+            (app.node, producer.uuid, job.id),
+        )
         producer._failures = 1  # the producer saw that fetch fail
         await app.resume_queue("default")
         await eventually(lambda: _state_is(app, job.id, JobState.COMPLETED))

@@ -51,24 +51,40 @@ def _machine(dsn: str, prefix: str) -> type[RuleBasedStateMachine]:
             self.clock += 1
             with self.conn.cursor() as cur:
                 cur.execute(sql["insert_jobs"], insert_params(jobs, sql.insert_channel))
-                for (job_id, *_rest) in cur.fetchall():
-                    self.model[job_id] = {"state": "available", "attempt": 0,
-                                          "priority": priority, "max": 3, "due": self.clock}
+                for job_id, *_rest in cur.fetchall():
+                    self.model[job_id] = {
+                        "state": "available",
+                        "attempt": 0,
+                        "priority": priority,
+                        "max": 3,
+                        "due": self.clock,
+                    }
 
         @rule(demand=st.integers(0, 4))
         def fetch(self, demand: int) -> None:
-            got = self._rows("fetch_jobs", {
-                "done_ids": "{}", "done_attempts": "{}", "acks": "[]", "queue": "default",
-                "demand": demand, "node": "n", "producer": str(uuid.uuid4())})
-            available = sorted((m["priority"], m["due"], i) for i, m in self.model.items()
-                               if m["state"] == "available")
+            got = self._rows(
+                "fetch_jobs",
+                {
+                    "done_ids": "{}",
+                    "done_attempts": "{}",
+                    "acks": "[]",
+                    "queue": "default",
+                    "demand": demand,
+                    "node": "n",
+                    "producer": str(uuid.uuid4()),
+                },
+            )
+            available = sorted(
+                (m["priority"], m["due"], i)
+                for i, m in self.model.items()
+                if m["state"] == "available"
+            )
             assert sorted(j.id for j in got) == sorted(i for *_, i in available[:demand])
             for job in got:
                 self.model[job.id].update(state="executing", attempt=job.attempt)
                 self.seen_attempts.append((job.id, job.attempt))
 
-        @rule(pick=st.integers(0, 10**6), outcome=st.sampled_from(OUTCOMES),
-              stale=st.booleans())
+        @rule(pick=st.integers(0, 10**6), outcome=st.sampled_from(OUTCOMES), stale=st.booleans())
         def ack(self, pick: int, outcome: str, stale: bool) -> None:
             # Half the time, an ack from an attempt that is no longer the job's latest:
             # what a slow executor sends after its job was retried and fetched again.
@@ -78,15 +94,22 @@ def _machine(dsn: str, prefix: str) -> type[RuleBasedStateMachine]:
                 return
             job_id, attempt = pool[pick % len(pool)]
             if outcome == "completed":
-                params = {"done_ids": array_literal([job_id]),
-                          "done_attempts": array_literal([attempt]), "acks": "[]"}
+                params = {
+                    "done_ids": array_literal([job_id]),
+                    "done_attempts": array_literal([attempt]),
+                    "acks": "[]",
+                }
             else:
                 import json
 
-                ack = {"id": job_id, "attempt": attempt, "state": outcome,
-                       "delay": 3600 if outcome in ("retryable", "scheduled") else None,
-                       "snooze": outcome == "scheduled",
-                       "error": {"at": "x", "attempt": attempt, "error": "e"}}
+                ack = {
+                    "id": job_id,
+                    "attempt": attempt,
+                    "state": outcome,
+                    "delay": 3600 if outcome in ("retryable", "scheduled") else None,
+                    "snooze": outcome == "scheduled",
+                    "error": {"at": "x", "attempt": attempt, "error": "e"},
+                }
                 params = {"done_ids": "{}", "done_attempts": "{}", "acks": json.dumps([ack])}
             params.update(queue="default", demand=0, node="n", producer="p")
             self._rows("fetch_jobs", params)
@@ -98,8 +121,9 @@ def _machine(dsn: str, prefix: str) -> type[RuleBasedStateMachine]:
 
         @rule(pick=st.integers(0, 10**6))
         def retry(self, pick: int) -> None:
-            finished = sorted(i for i, m in self.model.items()
-                              if m["state"] not in ("available", "executing"))
+            finished = sorted(
+                i for i, m in self.model.items() if m["state"] not in ("available", "executing")
+            )
             candidates = finished or sorted(self.model)
             if not candidates:
                 return
@@ -146,7 +170,9 @@ def test_job_transitions_follow_the_model(dsn: str, prefix: str) -> None:
         migrate_up(conn, prefix)
     machine = _machine(dsn, prefix)
     machine.TestCase.settings = settings(
-        max_examples=25, stateful_step_count=30, deadline=None,
+        max_examples=25,
+        stateful_step_count=30,
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
     pytest.importorskip("hypothesis")
@@ -160,14 +186,21 @@ async def test_a_stale_ack_never_moves_a_job_that_was_fetched_again(make_app: An
     job = await app.insert(Scripted.new({}))
     engine = app.engine
     first = (await engine.fetch_jobs("default", 1, AckBatch(), "n", "p1"))[0]
-    failed = {"id": first.id, "attempt": first.attempt, "state": "retryable", "delay": 0,
-              "error": {"at": "x", "attempt": 1, "error": "e"}}
+    failed = {
+        "id": first.id,
+        "attempt": first.attempt,
+        "state": "retryable",
+        "delay": 0,
+        "error": {"at": "x", "attempt": 1, "error": "e"},
+    }
     await engine.ack_jobs(AckBatch(other=[failed]))
     await app.retry_job(job.id)
     second = (await engine.fetch_jobs("default", 1, AckBatch(), "n", "p2"))[0]
     assert (second.id, second.attempt) == (job.id, 2)
-    for stale in (AckBatch(done_ids=[job.id], done_attempts=[1]),
-                  AckBatch(other=[{**failed, "state": "discarded"}])):
+    for stale in (
+        AckBatch(done_ids=[job.id], done_attempts=[1]),
+        AckBatch(other=[{**failed, "state": "discarded"}]),
+    ):
         await engine.ack_jobs(stale)  # the first executor, late
         now = await app.get_job(job.id)
         assert (now.state.value, now.attempt) == ("executing", 2)

@@ -29,6 +29,7 @@ from kerrera.services.leader import PEER_NAME
 
 log = logging.getLogger("kerrera")
 
+
 class Kerrera:
     """A Kerrera instance: inserts jobs and, when it has queues, runs them.
 
@@ -183,8 +184,9 @@ class Kerrera:
             return
         self._threads = DaemonThreadPool(c.threads)
         self._executor = Executor(self._threads)
-        notifier: Notifier = (PostgresNotifier(engine) if c.notifier == "postgres"
-                              else IsolatedNotifier())
+        notifier: Notifier = (
+            PostgresNotifier(engine) if c.notifier == "postgres" else IsolatedNotifier()
+        )
         notifier.listen(engine.sql.insert_channel, self._on_insert)
         notifier.listen(engine.sql.signal_channel, self._on_signal)
         notifier.listen(engine.sql.leader_channel, self._on_leader)
@@ -206,19 +208,38 @@ class Kerrera:
         await self._control.refresh()  # persisted operator commands win over the config
         self._control.start()
         await self._start_services(engine)
-        log.info("node %s started queues %s", self.node,
-                 {q: p.limit for q, p in self.producers.items()})
+        log.info(
+            "node %s started queues %s", self.node, {q: p.limit for q, p in self.producers.items()}
+        )
 
     async def _start_services(self, engine: PostgresEngine) -> None:
         c = self.config
-        leadership = Leadership(engine, self.node, lease=c.leader_lease, eligible=c.leader,
-                                on_change=self._on_leadership)
+        leadership = Leadership(
+            engine,
+            self.node,
+            lease=c.leader_lease,
+            eligible=c.leader,
+            on_change=self._on_leadership,
+        )
         self._leadership = leadership
-        services: list[Any] = [Stager(engine, self._wake_queue, interval=c.stage_interval,
-                                      should_run=lambda: leadership.is_leader)]
+        services: list[Any] = [
+            Stager(
+                engine,
+                self._wake_queue,
+                interval=c.stage_interval,
+                should_run=lambda: leadership.is_leader,
+            )
+        ]
         if any(age is not None for age in c.prune_max_age.values()):
-            services.append(Pruner(engine, leadership, c.prune_max_age,
-                                   interval=c.prune_interval, limit=c.prune_limit))
+            services.append(
+                Pruner(
+                    engine,
+                    leadership,
+                    c.prune_max_age,
+                    interval=c.prune_interval,
+                    limit=c.prune_limit,
+                )
+            )
         if c.crontab:
             services.append(Cron(engine, leadership, c.crontab, catch_up=c.cron_catch_up))
         if c.reindex_schedule is not None:
@@ -401,9 +422,17 @@ class Kerrera:
             await asyncio.sleep(0.05)
         out = []
         for node, queue, uuid, started_at, updated_at, state in rows:
-            info = {"node": node, "queue": queue, "uuid": uuid, "started_at": started_at,
-                    "updated_at": updated_at, "limit": None, "running": None,
-                    "paused": None, "started": True}
+            info = {
+                "node": node,
+                "queue": queue,
+                "uuid": uuid,
+                "started_at": started_at,
+                "updated_at": updated_at,
+                "limit": None,
+                "running": None,
+                "paused": None,
+                "started": True,
+            }
             info.update(_json.loads(state) if state else {})
             out.append(info)
         return out
@@ -440,8 +469,12 @@ class Kerrera:
     def _producer_rows(self) -> list[tuple[str, str, str, str]]:
         rows = []
         for p in self._all_producers():
-            state = {"limit": p.limit, "running": len(p.running), "paused": p.paused,
-                     "started": not p.stopping}
+            state = {
+                "limit": p.limit,
+                "running": len(p.running),
+                "paused": p.paused,
+                "started": not p.stopping,
+            }
             rows.append((p.uuid, self.node, p.queue, _json.dumps(state)))
         return rows
 
@@ -509,4 +542,3 @@ class Kerrera:
                 producer.wake()
             if self._control is not None:
                 self._control.refresh_soon()
-

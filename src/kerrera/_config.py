@@ -60,8 +60,15 @@ class Config:
         set_(self, "node", _check_node(self.node))
         if not isinstance(self.migrate, bool):
             raise ConfigError(f"option 'migrate' must be True or False, got {self.migrate!r}")
-        for name in ("shutdown_grace_period", "poll_interval", "stage_interval",
-                     "heartbeat_interval", "producer_ttl", "rescue_interval", "rescue_after"):
+        for name in (
+            "shutdown_grace_period",
+            "poll_interval",
+            "stage_interval",
+            "heartbeat_interval",
+            "producer_ttl",
+            "rescue_interval",
+            "rescue_after",
+        ):
             _check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace_period")
         if self.producer_ttl <= self.heartbeat_interval:
             raise ConfigError(
@@ -82,19 +89,26 @@ class Config:
         for name in ("leader_lease", "cron_catch_up", "prune_interval"):
             _check_seconds(name, getattr(self, name), allow_zero=name == "cron_catch_up")
         if self.cron_catch_up > CRON_CATCH_UP_MAX:
-            raise ConfigError(f"option 'cron_catch_up' must be at most {CRON_CATCH_UP_MAX:.0f} "
-                              f"seconds (7 days), got {self.cron_catch_up!r}")
+            raise ConfigError(
+                f"option 'cron_catch_up' must be at most {CRON_CATCH_UP_MAX:.0f} "
+                f"seconds (7 days), got {self.cron_catch_up!r}"
+            )
         if self.leader_lease > LEASE_MAX:
-            raise ConfigError(f"option 'leader_lease' must be at most {LEASE_MAX:.0f} seconds, "
-                              f"got {self.leader_lease!r}")
+            raise ConfigError(
+                f"option 'leader_lease' must be at most {LEASE_MAX:.0f} seconds, "
+                f"got {self.leader_lease!r}"
+            )
         _check_count("prune_limit", self.prune_limit)
         set_(self, "prune_max_age", _check_max_age(self.prune_max_age))
         set_(self, "crontab", parse_crontab(self.crontab))
-        if self.reindex_schedule is not None and not isinstance(self.reindex_schedule,
-                                                                CronExpression):
+        if self.reindex_schedule is not None and not isinstance(
+            self.reindex_schedule, CronExpression
+        ):
             if not isinstance(self.reindex_schedule, str):
-                raise ConfigError("option 'reindex_schedule' must be a cron expression or "
-                                  f"None, got {self.reindex_schedule!r}")
+                raise ConfigError(
+                    "option 'reindex_schedule' must be a cron expression or "
+                    f"None, got {self.reindex_schedule!r}"
+                )
             set_(self, "reindex_schedule", CronExpression.parse(self.reindex_schedule))
 
     @classmethod
@@ -143,8 +157,10 @@ def _check_max_age(value: object) -> dict[str, float | None]:
     if isinstance(value, Mapping):
         wrong = [k for k in value if k not in _PRUNED_STATES]
         if wrong:
-            raise ConfigError(f"option 'prune_max_age': unknown state {wrong[0]!r} (use "
-                              f"{', '.join(_PRUNED_STATES)})")
+            raise ConfigError(
+                f"option 'prune_max_age': unknown state {wrong[0]!r} (use "
+                f"{', '.join(_PRUNED_STATES)})"
+            )
         out: dict[str, float | None] = dict.fromkeys(_PRUNED_STATES)
         for state, age in value.items():
             if age is not None:

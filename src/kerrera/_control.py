@@ -50,8 +50,7 @@ def signal_payload(action: str, queue: str, node: str | None, limit: int | None 
         ident = f"{IDENT_NAME}.{node}"
     else:
         ident = f"{IDENT_NAME}.any" if action == "start" else "any"
-    message: dict[str, Any] = {"action": action, "ident": ident, "queue": queue,
-                               "kerrera": True}
+    message: dict[str, Any] = {"action": action, "ident": ident, "queue": queue, "kerrera": True}
     if limit is not None:
         message["limit"] = limit
     return _json.dumps(message)
@@ -87,7 +86,8 @@ def addressed_to(ident: object, node: str) -> bool:
 
 
 def effective(
-    configured: Mapping[str, int], rows: list[tuple[str, str, Any, Any, Any]],
+    configured: Mapping[str, int],
+    rows: list[tuple[str, str, Any, Any, Any]],
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, QueueState]:
     """Merge persisted commands over the configuration (node row > all-nodes row), and
@@ -143,8 +143,7 @@ class QueueControl(Background):
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def _run(self) -> None:
-        await run_every(self.interval, self.refresh, log, "reading queue state",
-                        first_now=False)
+        await run_every(self.interval, self.refresh, log, "reading queue state", first_now=False)
 
     def close(self) -> None:
         """The node is stopping: from now on, no command starts or changes a queue."""
@@ -203,8 +202,13 @@ class QueueControl(Background):
                 producer = self._make_producer(queue, state.limit, state.paused, previous)
                 self.producers[queue] = producer
                 new.append(producer)
-                log.info("queue %s on %s: limit %d%s", queue, self.node, state.limit,
-                         " (paused)" if state.paused else "")
+                log.info(
+                    "queue %s on %s: limit %d%s",
+                    queue,
+                    self.node,
+                    state.limit,
+                    " (paused)" if state.paused else "",
+                )
                 continue
             if producer.limit != state.limit:
                 producer.scale(state.limit)

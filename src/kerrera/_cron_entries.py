@@ -24,8 +24,9 @@ from kerrera._worker import Worker, resolve_worker
 
 _JOB_OPTIONS = ("args", "queue", "priority", "max_attempts", "tags", "meta")
 _OPTIONS = (*_JOB_OPTIONS, "timezone", "name")
-_TICK_UNIQUE = Unique(period=None, fields=("worker", "meta"), keys=("cron_name", "cron_tick"),
-                      states=ALL_STATES)
+_TICK_UNIQUE = Unique(
+    period=None, fields=("worker", "meta"), keys=("cron_name", "cron_tick"), states=ALL_STATES
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,12 @@ class CronEntry:
     def build(self, local_tick: datetime | None) -> Job:
         """The job for one tick (`local_tick` in the entry's zone; None for @reboot)."""
         opts = dict(self.options)
-        meta = {**opts.pop("meta", {}), "cron": True, "cron_name": self.name,
-                "cron_expr": self.expression.text}
+        meta = {
+            **opts.pop("meta", {}),
+            "cron": True,
+            "cron_name": self.name,
+            "cron_expr": self.expression.text,
+        }
         if isinstance(self.zone, ZoneInfo):
             meta["cron_tz"] = self.zone.key
         unique: Unique | bool = False
@@ -58,24 +63,29 @@ def parse_crontab(entries: object) -> tuple[CronEntry, ...]:
     if entries is None:
         return ()
     if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):
-        raise ConfigError(f"option 'crontab' must be a list of (expression, worker, options) "
-                          f"tuples, got {entries!r}")
+        raise ConfigError(
+            f"option 'crontab' must be a list of (expression, worker, options) "
+            f"tuples, got {entries!r}"
+        )
     out: list[CronEntry] = []
     for index, entry in enumerate(entries):
         out.append(_entry(index, entry))
     names = [e.name for e in out]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ConfigError(f"option 'crontab': entries share the name {twice[0]!r}; give each "
-                          "a distinct 'name' option")
+        raise ConfigError(
+            f"option 'crontab': entries share the name {twice[0]!r}; give each "
+            "a distinct 'name' option"
+        )
     return tuple(out)
 
 
 def _entry(index: int, entry: object) -> CronEntry:
     where = f"option 'crontab' entry {index}"
     if not isinstance(entry, tuple | list) or len(entry) not in (2, 3):
-        raise ConfigError(f"{where} must be (expression, worker) or (expression, worker, "
-                          f"options), got {entry!r}")
+        raise ConfigError(
+            f"{where} must be (expression, worker) or (expression, worker, options), got {entry!r}"
+        )
     text, target = entry[0], entry[1]
     opts = entry[2] if len(entry) == 3 else {}
     if not isinstance(text, str):
@@ -109,8 +119,10 @@ def _worker(where: str, target: object) -> Worker:
         return target
     if isinstance(target, type) and issubclass(target, Worker):
         return resolve_worker(target.name)
-    raise ConfigError(f"{where}: the worker must be a Worker, a @worker function or a "
-                      f"worker's name, got {target!r}")
+    raise ConfigError(
+        f"{where}: the worker must be a Worker, a @worker function or a "
+        f"worker's name, got {target!r}"
+    )
 
 
 def _default_name(worker: Worker, text: str, opts: dict[str, Any]) -> str:

@@ -99,12 +99,11 @@ def check_jobs(jobs: Iterable[Job]) -> list[Job]:
     batch = list(jobs)
     for index, job in enumerate(batch):
         if not isinstance(job, Job):
-            raise ConfigError(f"insert expects Job objects (from Worker.new), got {job!r} "
-                              f"at position {index}")
+            raise ConfigError(
+                f"insert expects Job objects (from Worker.new), got {job!r} at position {index}"
+            )
         if not job.worker or len(job.worker) > 127:
-            raise ConfigError(f"job at position {index}: option 'worker' must be 1..127 "
-                              "characters")
+            raise ConfigError(f"job at position {index}: option 'worker' must be 1..127 characters")
         if not job.queue or len(job.queue) > 127:
-            raise ConfigError(f"job at position {index}: option 'queue' must be 1..127 "
-                              "characters")
+            raise ConfigError(f"job at position {index}: option 'queue' must be 1..127 characters")
     return batch

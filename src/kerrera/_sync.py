@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from kerrera._app import Kerrera
 
 
-
 class SyncKerrera:
     """`app.sync`: for Django, Flask and scripts. Pass `conn=` (a psycopg `Connection`)
     to insert inside your own transaction.

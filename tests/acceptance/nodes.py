@@ -81,11 +81,14 @@ class Node:
             while not any(text in line for line in self._lines):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no {text!r} on stderr within {timeout}s:\n"
-                                         + "\n".join(self._lines))
+                    raise AssertionError(
+                        f"no {text!r} on stderr within {timeout}s:\n" + "\n".join(self._lines)
+                    )
                 if self.proc.poll() is not None and not self._readers[0].is_alive():
-                    raise AssertionError(f"node exited ({self.proc.returncode}) before "
-                                         f"printing {text!r}:\n" + "\n".join(self._lines))
+                    raise AssertionError(
+                        f"node exited ({self.proc.returncode}) before "
+                        f"printing {text!r}:\n" + "\n".join(self._lines)
+                    )
                 self._changed.wait(min(left, 0.1))
 
     def signal(self, signum: int) -> None:

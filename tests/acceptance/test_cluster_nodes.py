@@ -18,8 +18,7 @@ from acceptance.nodeworkers import read_events, traced
 
 from kerrera import JobState, Kerrera
 
-FAST_LIFELINE = ("--heartbeat-interval", "0.2", "--producer-ttl", "2", "--rescue-interval",
-                 "0.2")
+FAST_LIFELINE = ("--heartbeat-interval", "0.2", "--producer-ttl", "2", "--rescue-interval", "0.2")
 
 
 def _states(client: Kerrera, ids: list[int]) -> Counter[str]:
@@ -43,10 +42,13 @@ def test_kill_9_of_one_of_three_nodes_loses_nothing_and_runs_nothing_twice(
     start_node: Callable[..., Node], client: Kerrera, tmp_path: Path
 ) -> None:
     path = tmp_path / "ledger"
-    nodes = {name: start_node(name=name, queues="default:4", extra=FAST_LIFELINE)
-             for name in ("n1", "n2", "n3")}
+    nodes = {
+        name: start_node(name=name, queues="default:4", extra=FAST_LIFELINE)
+        for name in ("n1", "n2", "n3")
+    }
     jobs = client.sync.insert_all(
-        [traced.new({"path": str(path), "tag": f"j{i}", "seconds": 0.4}) for i in range(90)])
+        [traced.new({"path": str(path), "tag": f"j{i}", "seconds": 0.4}) for i in range(90)]
+    )
     ids = [j.id for j in jobs]
     until(lambda: sum(1 for e in read_events(path) if e[0] == "start" and e[3] == "n2") >= 4)
     nodes["n2"].proc.send_signal(signal.SIGKILL)
@@ -59,11 +61,15 @@ def test_kill_9_of_one_of_three_nodes_loses_nothing_and_runs_nothing_twice(
     assert set(finishes) == {f"j{i}" for i in range(90)} and set(finishes.values()) == {1}
     # n2's unfinished jobs were run again elsewhere, but only after n2 died
     orphans = {tag for event, tag, _, node in events[:killed_at] if node == "n2"} - {
-        tag for event, tag, _, node in events[:killed_at] if event == "finish" and node == "n2"}
+        tag for event, tag, _, node in events[:killed_at] if event == "finish" and node == "n2"
+    }
     assert orphans, "the kill should have interrupted some jobs"
     for tag in orphans:
-        starts = [(i, node) for i, (event, t, _, node) in enumerate(events)
-                  if event == "start" and t == tag]
+        starts = [
+            (i, node)
+            for i, (event, t, _, node) in enumerate(events)
+            if event == "start" and t == tag
+        ]
         assert starts[0][1] == "n2"
         assert all(i >= killed_at for i, node in starts if node != "n2")
     for tag, count in Counter(t for e, t, _, _ in events if e == "start").items():
@@ -86,16 +92,22 @@ def test_killing_the_leader_elects_another_within_the_lease(
     killed = time.monotonic()
     nodes[leader].proc.send_signal(signal.SIGKILL)
     nodes[leader].wait(timeout=10)
-    successor = until(lambda: (lambda n: n if n not in (None, leader) else None)(
-        asyncio.run(client.leader())), timeout=10)
+    successor = until(
+        lambda: (lambda n: n if n not in (None, leader) else None)(asyncio.run(client.leader())),
+        timeout=10,
+    )
     took = time.monotonic() - killed
     assert successor in nodes and took < 4 + 2.5, took
     # a graceful stop hands over at once, without waiting for the lease
     nodes[successor].signal(signal.SIGTERM)
     stopped = time.monotonic()
     nodes[successor].wait(timeout=15)
-    third = until(lambda: (lambda n: n if n not in (None, leader, successor) else None)(
-        asyncio.run(client.leader())), timeout=10)
+    third = until(
+        lambda: (lambda n: n if n not in (None, leader, successor) else None)(
+            asyncio.run(client.leader())
+        ),
+        timeout=10,
+    )
     assert third in nodes and time.monotonic() - stopped < 3
 
 
@@ -106,10 +118,10 @@ def test_pause_from_another_process_stops_every_node_and_survives_restarts(
     nodes = {name: start_node(name=name, queues="default:3") for name in ("p1", "p2", "p3")}
     asyncio.run(client.pause_queue("default"))
     report = asyncio.run(client.check_all_queues())
-    assert {(r["node"], r["paused"]) for r in report} == {
-        ("p1", True), ("p2", True), ("p3", True)}
+    assert {(r["node"], r["paused"]) for r in report} == {("p1", True), ("p2", True), ("p3", True)}
     jobs = client.sync.insert_all(
-        [traced.new({"path": str(path), "tag": f"p{i}", "seconds": 0}) for i in range(12)])
+        [traced.new({"path": str(path), "tag": f"p{i}", "seconds": 0}) for i in range(12)]
+    )
     # a node restarting during the pause comes back paused
     nodes["p2"].signal(signal.SIGTERM)
     assert nodes["p2"].wait(timeout=15) == 0
@@ -123,7 +135,10 @@ def test_pause_from_another_process_stops_every_node_and_survives_restarts(
     until(lambda: _states(client, [j.id for j in jobs])["completed"] == 12, timeout=20)
     report = asyncio.run(client.check_all_queues())
     assert {(r["node"], r["limit"], r["paused"]) for r in report} == {
-        ("p1", 1, False), ("p2", 3, False), ("p3", 3, False)}
+        ("p1", 1, False),
+        ("p2", 3, False),
+        ("p3", 3, False),
+    }
     assert _max_running(read_events(path)).get("p1", 0) <= 1
     listing = run("queues", "--json")
     assert listing.wait(timeout=30) == 0, listing.stderr
@@ -140,30 +155,51 @@ def test_cron_ticks_are_inserted_once_while_nodes_start_and_die(
     until(lambda: sql("SELECT count(*) FROM kerrera_cron WHERE name = %s", (name,))[0][0])
     # Owe the cluster five minutes of ticks, then let nodes race for them and kill the
     # leader in the middle of it all.
-    sql("UPDATE kerrera_cron SET last_tick = timezone('UTC', now()) - interval '5 minutes' "
-        "+ interval '2 seconds'")
+    sql(
+        "UPDATE kerrera_cron SET last_tick = timezone('UTC', now()) - interval '5 minutes' "
+        "+ interval '2 seconds'"
+    )
     others = [start_node(name=f"c{i}", queues="cron:1", extra=cron) for i in (2, 3)]
     first.proc.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     again = start_node(name="c1", queues="cron:1", extra=cron)
-    until(lambda: sql("SELECT count(*) FROM oban_jobs WHERE meta->>'cron_name' = %s",
-                      (name,))[0][0] >= 5, timeout=20)
+    until(
+        lambda: (
+            sql("SELECT count(*) FROM oban_jobs WHERE meta->>'cron_name' = %s", (name,))[0][0] >= 5
+        ),
+        timeout=20,
+    )
     time.sleep(4)  # leadership settles on a survivor after the kill: still nothing twice
-    ticks = sql("SELECT meta->>'cron_tick', count(*) FROM oban_jobs "
-                "WHERE meta->>'cron_name' = %s GROUP BY 1 ORDER BY 1", (name,))
+    ticks = sql(
+        "SELECT meta->>'cron_tick', count(*) FROM oban_jobs "
+        "WHERE meta->>'cron_name' = %s GROUP BY 1 ORDER BY 1",
+        (name,),
+    )
     assert len(ticks) >= 5 and all(n == 1 for _, n in ticks), ticks
-    states = sql("SELECT DISTINCT state::text FROM oban_jobs WHERE meta->>'cron_name' = %s",
-                 (name,))
+    states = sql(
+        "SELECT DISTINCT state::text FROM oban_jobs WHERE meta->>'cron_name' = %s", (name,)
+    )
     assert states == [(str(JobState.COMPLETED),)] or all(
-        s in ("completed", "executing", "available") for (s,) in states)
+        s in ("completed", "executing", "available") for (s,) in states
+    )
     # And the next real tick arrives on time, once, from whichever node leads now.
     before = {t for t, _ in ticks}
-    fresh = until(lambda: [t for (t,) in sql(
-        "SELECT meta->>'cron_tick' FROM oban_jobs WHERE meta->>'cron_name' = %s", (name,))
-        if t not in before], timeout=75)
+    fresh = until(
+        lambda: [
+            t
+            for (t,) in sql(
+                "SELECT meta->>'cron_tick' FROM oban_jobs WHERE meta->>'cron_name' = %s", (name,)
+            )
+            if t not in before
+        ],
+        timeout=75,
+    )
     (tick,) = fresh
-    inserted = sql("SELECT inserted_at FROM oban_jobs WHERE meta->>'cron_tick' = %s AND "
-                   "meta->>'cron_name' = %s", (tick, name))[0][0]
+    inserted = sql(
+        "SELECT inserted_at FROM oban_jobs WHERE meta->>'cron_tick' = %s AND "
+        "meta->>'cron_name' = %s",
+        (tick, name),
+    )[0][0]
     assert inserted.strftime("%Y-%m-%dT%H:%M") == tick and inserted.second < 5
     time.sleep(1)
     assert sql("SELECT count(*) FROM oban_jobs WHERE meta->>'cron_tick' = %s", (tick,)) == [(1,)]

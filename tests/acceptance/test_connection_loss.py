@@ -59,7 +59,8 @@ def kill_node_connections(dsn: str, app_name: str) -> list[int]:
         # so that only the rows that passed the filter are terminated.
         rows = conn.execute(
             "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = %s AND pid <> pg_backend_pid()", (app_name,)
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (app_name,),
         ).fetchall()
     return [pid for pid, terminated in rows if terminated]
 
@@ -226,7 +227,7 @@ class CuttingProxy:
                 if self._armed and self._marker in tail + data:
                     self._armed = False
                     hit.set()
-                tail = data[-len(self._marker):]
+                tail = data[-len(self._marker) :]
                 swriter.write(data)
                 await swriter.drain()
 
@@ -264,8 +265,13 @@ async def test_no_job_stuck_when_a_claiming_reply_is_lost(
     jobs = await client.insert_all([counted.new({"n": n}) for n in range(10)])
     # The statement that claims jobs is the one that sets attempted_by to this node.
     proxy = CuttingProxy(dsn, marker=b"attempted_by = ")
-    node = Kerrera(await proxy.start(), prefix=prefix, queues={"default": 5},
-                   poll_interval=0.2, shutdown_grace_period=0.5)
+    node = Kerrera(
+        await proxy.start(),
+        prefix=prefix,
+        queues={"default": 5},
+        poll_interval=0.2,
+        shutdown_grace_period=0.5,
+    )
     try:
         await node.start()
         try:
@@ -288,7 +294,9 @@ async def test_no_job_stuck_when_a_claiming_reply_is_lost(
 
 
 async def test_user_calls_recover_after_the_pool_was_killed(
-    node_app: Callable[..., Kerrera], dsn: str, app_name: str,
+    node_app: Callable[..., Kerrera],
+    dsn: str,
+    app_name: str,
 ) -> None:
     # A client app (no queues) with several pooled connections, all killed at once: a
     # read succeeds right away (checked and retried), and an insert fails at most once.

@@ -43,10 +43,11 @@ def test_sigterm_drains_short_jobs_and_puts_long_ones_back(
     grace = 4.0
     node = start_node(grace=grace, name="drainer")
     path = tmp_path / "events"
-    short = [traced.new({"path": str(path), "tag": f"short{i}", "seconds": 2.0})
-             for i in range(2)]
-    long = [traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
-            traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60})]
+    short = [traced.new({"path": str(path), "tag": f"short{i}", "seconds": 2.0}) for i in range(2)]
+    long = [
+        traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
+        traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60}),
+    ]
     # The long jobs go in first so that the short ones, started last, are still running
     # when the signal comes (they take 2 s; the signal follows their start at once).
     long = client.sync.insert_all(long)
@@ -59,8 +60,7 @@ def test_sigterm_drains_short_jobs_and_puts_long_ones_back(
     node.wait_for("shutting down")
     # Draining: the short jobs finish after the signal. A job inserted now is not taken,
     # even when a slot frees up.
-    until(lambda: {"short0", "short1"} <= {t for e, t, _, _ in read_events(path)
-                                           if e == "finish"})
+    until(lambda: {"short0", "short1"} <= {t for e, t, _, _ in read_events(path) if e == "finish"})
     late = client.sync.insert(traced.new({"path": str(path), "tag": "late", "seconds": 0}))
 
     code = node.wait(timeout=grace + 10)
@@ -106,8 +106,10 @@ def test_released_jobs_run_on_the_next_node(
     assert _attempts_left(done) == job.max_attempts - 1, "only one attempt was spent"
     assert done.attempted_by[0] == "second"
     assert read_events(path) == [
-        ("start", "long", 1, "first"), ("cancelled", "long", 1, "first"),
-        ("start", "long", 2, "second"), ("finish", "long", 2, "second"),
+        ("start", "long", 1, "first"),
+        ("cancelled", "long", 1, "first"),
+        ("start", "long", 2, "second"),
+        ("finish", "long", 2, "second"),
     ]
     second.signal(signal.SIGTERM)
     assert second.wait(timeout=10) == 0, second.stderr
@@ -119,10 +121,12 @@ def test_second_sigterm_stops_at_once(
     grace = 30.0
     node = start_node(grace=grace, name="hurried")
     path = tmp_path / "events"
-    long = client.sync.insert_all([
-        traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
-        traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60}),
-    ])
+    long = client.sync.insert_all(
+        [
+            traced.new({"path": str(path), "tag": "long-async", "seconds": 60}),
+            traced_sync.new({"path": str(path), "tag": "long-sync", "seconds": 60}),
+        ]
+    )
     until(lambda: _started(path, {"long-async", "long-sync"}))
 
     signalled = time.monotonic()
@@ -171,8 +175,10 @@ def test_job_inserted_by_one_node_runs_on_another(
     until(lambda: ("finish", "h-next", 1, "receiver") in read_events(path))
     events = read_events(path)
     assert ("finish", "h", 1, "sender") in events
-    assert [e for e in events if e[1] == "h-next"] == [("start", "h-next", 1, "receiver"),
-                                                        ("finish", "h-next", 1, "receiver")]
+    assert [e for e in events if e[1] == "h-next"] == [
+        ("start", "h-next", 1, "receiver"),
+        ("finish", "h-next", 1, "receiver"),
+    ]
     assert client.sync.get_job(job.id).state is JobState.COMPLETED  # type: ignore[union-attr]
     for node in (sender, receiver):
         node.signal(signal.SIGTERM)
@@ -245,14 +251,17 @@ def test_jobs_of_a_killed_node_are_rescued_and_finish_elsewhere(
     assert client.sync.get_job(job.id).state is JobState.EXECUTING  # type: ignore[union-attr]
 
     survivor = start_node(name="survivor", extra=fast)
-    until(lambda: client.sync.get_job(job.id).state is JobState.COMPLETED,  # type: ignore[union-attr]
-          timeout=20)
+    until(
+        lambda: client.sync.get_job(job.id).state is JobState.COMPLETED,  # type: ignore[union-attr]
+        timeout=20,
+    )
     done = client.sync.get_job(job.id)
     assert done is not None and done.meta["rescued"] == 1
     assert done.attempt == 2 and done.attempted_by[0] == "survivor"
     assert read_events(path) == [
         ("start", "orphan", 1, "victim"),
-        ("start", "orphan", 2, "survivor"), ("finish", "orphan", 2, "survivor"),
+        ("start", "orphan", 2, "survivor"),
+        ("finish", "orphan", 2, "survivor"),
     ]
     survivor.signal(signal.SIGTERM)
     assert survivor.wait(timeout=10) == 0, survivor.stderr

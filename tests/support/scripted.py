@@ -140,8 +140,9 @@ class Transactional(Worker, queue="default", max_attempts=3):
         app = current_app()
         conn = await psycopg.AsyncConnection.connect(app.dsn)
         async with conn, conn.transaction():
-            await conn.execute(f'INSERT INTO "{app.config.prefix}".effects (job_id) '
-                               "VALUES (%s)", (job.id,))
+            await conn.execute(
+                f'INSERT INTO "{app.config.prefix}".effects (job_id) VALUES (%s)', (job.id,)
+            )
             owned = await app.complete_job(job, conn=conn)
             RUNS.append((job.id or 0, job.attempt, {"owned": owned}))
             if job.args.get("abort"):

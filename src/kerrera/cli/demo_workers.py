@@ -121,8 +121,9 @@ class Counts:
 
     def get(self, queue: str | None = None, state: str | None = None) -> int:
         """Jobs in `queue` (None: any) and `state` (None: any)."""
-        return sum(n for (q, s), n in self.states.items()
-                   if queue in (None, q) and state in (None, s))
+        return sum(
+            n for (q, s), n in self.states.items() if queue in (None, q) and state in (None, s)
+        )
 
     def unfinished(self) -> int:
         """Jobs not yet in a terminal state."""
@@ -151,8 +152,9 @@ async def count_jobs(
 
 async def count_leftovers(conn: psycopg.AsyncConnection[Any], prefix: str) -> int:
     """Unfinished jobs already in the demo's queues (say, of an interrupted run)."""
-    query = sql.SQL("SELECT count(*) FROM {table} WHERE queue = ANY(%s) AND "
-                    "state::text <> ALL(%s)").format(table=sql.Identifier(prefix, "oban_jobs"))
+    query = sql.SQL(
+        "SELECT count(*) FROM {table} WHERE queue = ANY(%s) AND state::text <> ALL(%s)"
+    ).format(table=sql.Identifier(prefix, "oban_jobs"))
     cur = await conn.execute(query, (list(QUEUES), sorted(TERMINAL)))
     row = await cur.fetchone()
     return int(row[0]) if row else 0

@@ -53,8 +53,18 @@ def render(report: list[dict[str, Any]], *, as_json: bool) -> str:
     if not report:
         return "no live nodes run queues"
     head = ("NODE", "QUEUE", "LIMIT", "RUNNING", "PAUSED")
-    rows = [(str(r["node"]), str(r["queue"]), str(r["limit"]), str(r["running"]),
-             "yes" if r["paused"] else "no") for r in report]
+    rows = [
+        (
+            str(r["node"]),
+            str(r["queue"]),
+            str(r["limit"]),
+            str(r["running"]),
+            "yes" if r["paused"] else "no",
+        )
+        for r in report
+    ]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in (head, *rows))
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in (head, *rows)
+    )

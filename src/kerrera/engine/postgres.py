@@ -347,8 +347,10 @@ class PostgresEngine:
         self, queue: str, node: str, changes: dict[str, Any], payload: str
     ) -> None:
         """Persist a queue command (`changes`: paused / limit / running) and signal it."""
-        await self._execute("set_queue_state", queue_state_params(
-            queue, node, changes, payload, self.sql.signal_channel))
+        await self._execute(
+            "set_queue_state",
+            queue_state_params(queue, node, changes, payload, self.sql.signal_channel),
+        )
 
     async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
         """Persisted queue commands for every node ('') and for `node`."""

@@ -127,10 +127,10 @@ class SyncPostgresEngine:
         """Delete jobs that are not running."""
         return self._rows("delete_jobs", {"ids": list(ids)}, conn)
 
-    def set_queue_state(
-        self, queue: str, node: str, changes: dict[str, Any], payload: str
-    ) -> None:
+    def set_queue_state(self, queue: str, node: str, changes: dict[str, Any], payload: str) -> None:
         """Persist a queue command and signal it, in one transaction."""
         with self._connection(None) as c:
-            c.execute(self.sql["set_queue_state"], queue_state_params(
-                queue, node, changes, payload, self.sql.signal_channel))
+            c.execute(
+                self.sql["set_queue_state"],
+                queue_state_params(queue, node, changes, payload, self.sql.signal_channel),
+            )

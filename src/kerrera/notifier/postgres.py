@@ -68,8 +68,11 @@ class PostgresNotifier(ListenerRegistry):
         self._up = up
         if up:
             self._ready.set()
-        log.log(logging.INFO if up else logging.WARNING,
-                "notifications %s", "up" if up else "down: polling until reconnected")
+        log.log(
+            logging.INFO if up else logging.WARNING,
+            "notifications %s",
+            "up" if up else "down: polling until reconnected",
+        )
         for listener in self._status:
             listener(up)
 

@@ -119,8 +119,12 @@ def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:
         if "\\u0000" in text:  # jsonb cannot store NUL characters
             nul = ValueError("Record value contains a NUL character, which jsonb cannot store")
             return failure(job, worker, nul, with_traceback=False)
-        return {"id": job.id, "attempt": job.attempt, "state": "completed",
-                "meta": {"recorded": True, "return": result.value}}
+        return {
+            "id": job.id,
+            "attempt": job.attempt,
+            "state": "completed",
+            "meta": {"recorded": True, "return": result.value},
+        }
     return None  # any other value: completed, the value is not kept
 
 
@@ -136,28 +140,45 @@ def snoozed(job: Job, seconds: float) -> dict[str, Any]:
         raise ValueError(f"snooze seconds must be a finite number >= 0, got {seconds!r}")
     previous = job.meta.get("snoozed", 0) if isinstance(job.meta, dict) else 0
     count = (previous if isinstance(previous, int) and previous >= 0 else 0) + 1
-    return {"id": job.id, "attempt": job.attempt, "state": "scheduled",
-            "delay": min(float(seconds), MAX_DELAY), "snooze": True,
-            "meta": {"snoozed": count}}
+    return {
+        "id": job.id,
+        "attempt": job.attempt,
+        "state": "scheduled",
+        "delay": min(float(seconds), MAX_DELAY),
+        "snooze": True,
+        "meta": {"snoozed": count},
+    }
 
 
 def cancelled(job: Job, reason: str) -> dict[str, Any]:
     """Cancelled by the worker; the reason is appended to `errors`."""
-    return {"id": job.id, "attempt": job.attempt, "state": "cancelled",
-            "error": error_entry(job, f"(Cancelled) {reason}")}
+    return {
+        "id": job.id,
+        "attempt": job.attempt,
+        "state": "cancelled",
+        "error": error_entry(job, f"(Cancelled) {reason}"),
+    }
 
 
 def failure(
     job: Job, worker: Worker | None, exc: BaseException, *, with_traceback: bool = True
 ) -> dict[str, Any]:
     """Retryable with backoff while attempts remain, discarded after the last."""
-    text = ("".join(traceback.format_exception(exc)) if with_traceback
-            else f"{type(exc).__name__}: {exc}")
+    text = (
+        "".join(traceback.format_exception(exc))
+        if with_traceback
+        else f"{type(exc).__name__}: {exc}"
+    )
     entry = error_entry(job, text)
     if job.attempt >= job.max_attempts:
         return {"id": job.id, "attempt": job.attempt, "state": "discarded", "error": entry}
-    return {"id": job.id, "attempt": job.attempt, "state": "retryable",
-            "delay": _backoff(job, worker), "error": entry}
+    return {
+        "id": job.id,
+        "attempt": job.attempt,
+        "state": "retryable",
+        "delay": _backoff(job, worker),
+        "error": entry,
+    }
 
 
 def _backoff(job: Job, worker: Worker | None) -> float:
@@ -178,11 +199,15 @@ def unwritable(ack: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """A plain replacement for an ack the database refused: same end state, no delay
     or meta, and an error that says what happened (it is written next cycle)."""
     state = ack["state"] if ack["state"] != "scheduled" else "retryable"
-    log.error("the outcome of job %s could not be written (%s); recording an error", ack["id"],
-              exc)
+    log.error("the outcome of job %s could not be written (%s); recording an error", ack["id"], exc)
     text = f"kerrera: the job's outcome could not be recorded: {exc}"
-    return {"id": ack["id"], "attempt": ack["attempt"], "state": state, "delay": 0.0,
-            "error": _error(ack["attempt"], text)}
+    return {
+        "id": ack["id"],
+        "attempt": ack["attempt"],
+        "state": state,
+        "delay": 0.0,
+        "error": _error(ack["attempt"], text),
+    }
 
 
 def error_entry(job: Job, text: str) -> dict[str, Any]:

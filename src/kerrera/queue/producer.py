@@ -23,7 +23,6 @@ from kerrera.queue.executor import Executor, cancelled, unwritable
 log = logging.getLogger("kerrera.producer")
 
 
-
 class Producer:
     """Runs the jobs of one queue on this node, never more than `limit` at once."""
 
@@ -128,8 +127,12 @@ class Producer:
             await asyncio.wait_for(asyncio.shield(task), grace)
         except TimeoutError:
             released = len(self.running)
-            log.warning("queue %s: %d job(s) still running after %.1fs; releasing them",
-                        self.queue, released, grace)
+            log.warning(
+                "queue %s: %d job(s) still running after %.1fs; releasing them",
+                self.queue,
+                released,
+                grace,
+            )
             self._cancel_all = True  # and jobs a fetch still in flight brings back
             for _job, job_task in list(self.running.values()):
                 job_task.cancel()
@@ -139,8 +142,12 @@ class Producer:
                 task.cancel()
                 if self._cycle_task is not None:
                     self._cycle_task.cancel()
-                log.error("queue %s: could not write %d final ack(s); the jobs stay "
-                          "executing until rescued", self.queue, len(self._acks))
+                log.error(
+                    "queue %s: could not write %d final ack(s); the jobs stay "
+                    "executing until rescued",
+                    self.queue,
+                    len(self._acks),
+                )
         return released
 
     # -- loop ----------------------------------------------------------------------------
@@ -164,9 +171,14 @@ class Producer:
             self._cycle_task = asyncio.create_task(self._cycle(demand, acks))
 
     async def _ack_separately(self, acks: AckBatch) -> None:
-        batches = [AckBatch(done_ids=acks.done_ids, done_attempts=acks.done_attempts,
-                            released_ids=acks.released_ids,
-                            released_attempts=acks.released_attempts)]
+        batches = [
+            AckBatch(
+                done_ids=acks.done_ids,
+                done_attempts=acks.done_attempts,
+                released_ids=acks.released_ids,
+                released_attempts=acks.released_attempts,
+            )
+        ]
         batches += [AckBatch(other=[ack]) for ack in acks.other]
         for i, batch in enumerate(batches):
             try:
@@ -178,8 +190,13 @@ class Producer:
                     return
                 self._acks.other.extend(unwritable(ack, exc) for ack in batch.other)
                 if not batch.other:
-                    log.error("queue %s: could not write %d ack(s): %s; the jobs stay "
-                              "executing until rescued", self.queue, len(batch), exc)
+                    log.error(
+                        "queue %s: could not write %d ack(s): %s; the jobs stay "
+                        "executing until rescued",
+                        self.queue,
+                        len(batch),
+                        exc,
+                    )
 
     def _held(self, carried: AckBatch) -> list[int]:
         """Jobs this producer knows: running, or finished with their ack not yet written
@@ -223,11 +240,13 @@ class Producer:
         wakes = self._wakes
         try:
             if self._failures:
-                reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid,
-                                                            self._held(acks))
+                reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid, self._held(acks))
                 if reclaimed:
-                    log.warning("queue %s: put back %d job(s) whose fetch reply was lost",
-                                self.queue, reclaimed)
+                    log.warning(
+                        "queue %s: put back %d job(s) whose fetch reply was lost",
+                        self.queue,
+                        reclaimed,
+                    )
             jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
             self._failures = 0
             if demand and self._wakes == wakes:  # no wake-up arrived meanwhile
@@ -280,5 +299,3 @@ class Producer:
                 # entry, which this old run must leave alone)
                 del self.running[job.id]  # type: ignore[arg-type]
             self._wake.set()
-
-

@@ -48,12 +48,12 @@ class DaemonThreadPool:
         started: asyncio.Future[None] = loop.create_future()
         future: asyncio.Future[Any] = loop.create_future()
         finished: asyncio.Future[None] = loop.create_future()
-        self._work.put((loop, started, future, finished, contextvars.copy_context(), func,
-                        args))
+        self._work.put((loop, started, future, finished, contextvars.copy_context(), func, args))
         with self._lock:
             if self._idle == 0 and len(self._threads) < self.size:
-                thread = threading.Thread(target=self._loop, daemon=True,
-                                          name=f"{self._name}-{len(self._threads)}")
+                thread = threading.Thread(
+                    target=self._loop, daemon=True, name=f"{self._name}-{len(self._threads)}"
+                )
                 self._threads.append(thread)
                 thread.start()
             elif self._idle:

@@ -46,12 +46,14 @@ class Lifeline:
         except Exception as exc:  # the loop below retries; never fail the start for it
             log.warning("first heartbeat failed (%s); retrying", exc)
         self._tasks = [
-            asyncio.create_task(run_every(self.heartbeat_interval, self.beat, log,
-                                          "heartbeat", first_now=False),
-                                name="kerrera-heartbeat"),
-            asyncio.create_task(run_every(self.rescue_interval, self.rescue_once, log,
-                                          "rescue", first_now=False),
-                                name="kerrera-lifeline"),
+            asyncio.create_task(
+                run_every(self.heartbeat_interval, self.beat, log, "heartbeat", first_now=False),
+                name="kerrera-heartbeat",
+            ),
+            asyncio.create_task(
+                run_every(self.rescue_interval, self.rescue_once, log, "rescue", first_now=False),
+                name="kerrera-lifeline",
+            ),
         ]
 
     async def stop(self, uuids: Sequence[str]) -> None:
