@@ -180,13 +180,29 @@ async def test_a_retry_racing_a_unique_insert_does_not_fail(make_app: Any, dsn: 
     assert not new.conflict
 
 
-async def test_a_holder_scheduled_more_than_a_period_away_does_not_block(make_app: Any) -> None:
+async def test_scheduled_at_periods_count_like_oban_and_never_duplicate(make_app: Any) -> None:
     app = make_app()
     spec = {"period": 60, "timestamp": "scheduled_at"}
-    later = await app.insert(Scripted.new({"k": 3}, unique=spec, schedule_in=3600))
+    later = await app.insert(Scripted.new({"k": 3}, unique=spec, schedule_in=600))
+    # As in Oban, a holder scheduled later blocks a job due now ...
     now = await app.insert(Scripted.new({"k": 3}, unique=spec))
-    assert not now.conflict and now.id != later.id
-    assert (await app.insert(Scripted.new({"k": 3}, unique=spec, schedule_in=30))).conflict
+    assert now.conflict and now.id == later.id
+    # ... and a twin of the holder can never slip in beside it.
+    twin = await app.insert(Scripted.new({"k": 3}, unique=spec, schedule_in=600))
+    assert twin.conflict and twin.id == later.id
+
+
+async def test_of_duplicates_retried_together_the_oldest_keeps_the_key(make_app: Any) -> None:
+    app = make_app()
+    spec = {"period": None}
+    a = await app.insert(Scripted.new({"x": 1}, unique=spec))
+    await app.cancel_job(a.id)
+    b = await app.insert(Scripted.new({"x": 1}, unique=spec))
+    await app.cancel_job(b.id)
+    retried = await app.retry_job([a.id, b.id])
+    assert [("uniq_key" in j.meta) for j in retried] == [True, False]
+    third = await app.insert(Scripted.new({"x": 1}, unique=spec))
+    assert third.conflict and third.id == a.id
 
 
 @pytest.mark.parametrize(
@@ -218,3 +234,106 @@ async def test_reboot_jobs_come_from_the_leader_that_boots_not_a_successor(
     await eventually(lambda: b.is_leader, timeout=5)
     await asyncio.sleep(0.5)
     assert sql("SELECT count(*) FROM oban_jobs WHERE meta->>'cron_name' = 'warm'")[0][0] == 1
+
+
+async def test_two_draining_predecessors_both_count_against_the_limit(make_app: Any) -> None:
+    a = make_app(queues={"default": 2}, node="a", shutdown_grace_period=20.0)
+    await a.start()
+    await a.insert(Scripted.new({"do": "sleep", "seconds": 4}))
+    await eventually(lambda: len(scripted.RUNS) == 1, timeout=5)
+    await a.stop_queue("default")
+    await a.start_queue("default", 2)
+    await a.insert(Scripted.new({"do": "sleep", "seconds": 4}))
+    await eventually(lambda: len(scripted.RUNS) == 2, timeout=5)
+    await a.stop_queue("default")
+    await a.start_queue("default", 2)
+    await a.insert_all([Scripted.new({"do": "sleep", "seconds": 1}) for _ in range(2)])
+    await eventually(lambda: len(scripted.RUNS) == 4, timeout=15)
+    assert scripted.max_concurrency() == 2
+
+
+async def test_a_released_sync_job_waits_for_its_thread_before_running_again(
+    make_app: Any,
+) -> None:
+    _Stubborn.live = _Stubborn.peak = 0
+    a = make_app(queues={"stubborn": 1}, node="a", shutdown_grace_period=0.3)
+    await a.start()
+    job = await a.insert(_Stubborn.new({}))
+    await eventually(lambda: _Stubborn.live == 1, timeout=5)
+    await a.stop_queue("stubborn")  # grace 0.3 s: released, but its thread runs on
+    await a.start_queue("stubborn", 1)
+
+    async def completed() -> bool:
+        return str((await a.get_job(job.id)).state) == "completed"
+
+    await eventually(completed, timeout=10)
+    assert _Stubborn.peak == 1  # the second run started only after the first thread ended
+    assert (await a.get_job(job.id)).attempt == 2
+
+
+async def test_jobs_left_executing_by_a_failed_shutdown_are_rescued_by_the_ttl(
+    make_app: Any, sql: Any
+) -> None:
+    a = make_app(queues={"default": 1}, node="a", **FAST)
+    b = make_app(queues={"other": 1}, node="b", **FAST)
+    await a.start()
+    await b.start()
+    job = await a.insert(Scripted.new({"do": "sleep", "seconds": 30}))
+    await eventually(lambda: len(scripted.RUNS) == 1, timeout=5)
+
+    async def away(*_args: Any, **_kwargs: Any) -> Any:
+        raise psycopg.OperationalError("simulated: the database is away")
+
+    a.engine.fetch_jobs = away
+    a.engine.ack_jobs = away
+    await a.stop(grace=0.2)  # cannot put the job back: it stays executing
+    state = "SELECT state::text FROM oban_jobs WHERE id = %s"
+    assert sql(state, (job.id,)) == [("executing",)]
+    await eventually(lambda: sql(state, (job.id,)) != [("executing",)], timeout=8)
+
+
+async def test_a_kerrera_command_replaces_only_the_elixir_fields_it_sets(make_app: Any) -> None:
+    a = make_app(queues={"default": 1, "gone": 1}, node="a")
+    await a.start()
+    await eventually(lambda: a._notifier.connected, timeout=5)
+    for message in (
+        '{"action":"pause","ident":"any","queue":"default"}',
+        '{"action":"stop","ident":"any","queue":"gone"}',
+    ):
+        await a.engine.notify(a.engine.sql.signal_channel, message)
+    await eventually(lambda: a.check_queue("default")["paused"] and "gone" not in a.producers)
+    await a.scale_queue("default", 3)
+    await a.scale_queue("gone", 3)
+    assert a.check_queue("default")["paused"] and a.check_queue("default")["limit"] == 3
+    assert "gone" not in a.producers
+
+
+async def test_stop_grace_applies_to_draining_queues_too(make_app: Any) -> None:
+    a = make_app(queues={"default": 1}, node="a", shutdown_grace_period=8.0)
+    await a.start()
+    job = await a.insert(Scripted.new({"do": "sleep", "seconds": 30}))
+    await eventually(lambda: len(scripted.RUNS) == 1, timeout=5)
+    await a.stop_queue("default")
+    started = time.monotonic()
+    assert await a.stop(grace=0.5) == 1
+    assert time.monotonic() - started < 3
+    assert str((await make_app().get_job(job.id)).state) == "available"
+
+
+async def test_a_grown_thread_pool_starts_a_thread_for_a_new_call() -> None:
+    from kerrera.queue import DaemonThreadPool
+
+    pool = DaemonThreadPool(1)
+    gates = [threading.Event() for _ in range(3)]
+    try:
+        first = pool.run(gates[0].wait)
+        second = pool.run(gates[1].wait)  # queued behind the first
+        await first[0]
+        gates[0].set()
+        await second[0]  # the one thread now runs the second call
+        pool.size = 2
+        third = pool.run(gates[2].wait)
+        await asyncio.wait_for(asyncio.shield(third[0]), 2)
+    finally:
+        for gate in gates:
+            gate.set()

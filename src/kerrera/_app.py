@@ -265,11 +265,17 @@ class Kerrera:
         self._services = []
         if self._leadership is not None:  # resign now: another node takes over at once
             await self._leadership.stop()
-        released = sum(await asyncio.gather(*(p.stop(grace) for p in self.producers.values())))
+        # Queues draining after stop_queue get this stop's grace too, not their own.
+        producers = self._all_producers()
+        released = sum(
+            await asyncio.gather(*(p.stop(grace, abandon_threads=True) for p in producers))
+        )
         if self._control is not None:
             await self._control.wait_stopped()
         if self._lifeline is not None:  # heartbeats went on while the queues drained
-            await self._lifeline.stop([p.uuid for p in self.producers.values()])
+            # A producer whose last acks could not be written keeps its row: once it
+            # expires, the lifeline elsewhere rescues those jobs (not after rescue_after).
+            await self._lifeline.stop([p.uuid for p in producers if p.clean])
             self._lifeline = None
         if self._notifier is not None:
             await self._notifier.stop()
@@ -279,6 +285,12 @@ class Kerrera:
         self.producers.clear()
         log.info("node %s stopped (%d job(s) put back)", self.node, released)
         return released
+
+    def hurry(self) -> None:
+        """During `stop()`: stop waiting for running jobs and put them back to available
+        now (what a second SIGTERM does to `kerrera start`)."""
+        for producer in self._all_producers():
+            producer.hurry()
 
     async def _close_connections(self) -> None:
         if self._engine is not None:
@@ -392,7 +404,7 @@ class Kerrera:
         engine = await self._open()
         await engine.set_queue_state(queue, node or "", changes, payload)
         if self._control is not None and node in (None, self.node):
-            await self._control.refresh(queue)  # applied here before returning
+            await self._control.refresh((action, queue))  # applied here before returning
 
     def _grow_threads(self) -> None:
         if self._threads is not None and self.config.sync_threads is None:
@@ -479,12 +491,13 @@ class Kerrera:
         return rows
 
     def _new_producer(
-        self, queue: str, limit: int, paused: bool, predecessor: Producer | None
+        self, queue: str, limit: int, paused: bool, predecessors: list[Producer]
     ) -> Producer:
         assert self._executor is not None and self._engine is not None
         return Producer(
             queue, limit, engine=self._engine, executor=self._executor, node=self.node,
-            poll_interval=self.config.poll_interval, paused=paused, predecessor=predecessor,
+            poll_interval=self.config.poll_interval, paused=paused,
+            predecessors=predecessors,
         )  # fmt: skip
 
     async def _beat(self) -> None:
@@ -518,7 +531,10 @@ class Kerrera:
         elif self._control is not None and addressed_to(message.get("ident"), self.node):
             if message.get("kerrera") is True:  # the table says what to do
                 queue = message.get("queue")
-                self._control.refresh_soon(queue if isinstance(queue, str) else None)
+                if isinstance(queue, str) and isinstance(action, str):
+                    self._control.refresh_soon((action, queue))
+                else:
+                    self._control.refresh_soon()
             elif self._control.apply_signal(message):
                 self._background(self._beat())
 

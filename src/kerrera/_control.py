@@ -56,6 +56,13 @@ def signal_payload(action: str, queue: str, node: str | None, limit: int | None 
     return _json.dumps(message)
 
 
+#: The queue fields each command sets.
+COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
+    "pause": ("paused",), "resume": ("paused",), "scale": ("limit",),
+    "start": ("running", "limit"), "stop": ("running",),
+}  # fmt: skip
+
+
 def queue_command(
     action: str, queue: str, node: str | None, limit: int | None = None
 ) -> tuple[dict[str, Any], str]:
@@ -120,7 +127,7 @@ class QueueControl(Background):
     def __init__(
         self, engine: Engine, node: str, configured: Mapping[str, int],
         producers: dict[str, Producer],
-        make_producer: Callable[[str, int, bool, Producer | None], Producer],
+        make_producer: Callable[[str, int, bool, list[Producer]], Producer],
         on_changed: Callable[[], Any], grace: float, interval: float = 10.0,
     ) -> None:  # fmt: skip
         self._engine = engine
@@ -149,14 +156,19 @@ class QueueControl(Background):
         """The node is stopping: from now on, no command starts or changes a queue."""
         self._closed = True
 
-    async def refresh(self, forget_overrides: str | None = None) -> None:
+    async def refresh(self, command: tuple[str, str] | None = None) -> None:
         """Read the table and reconcile; returns once a read that began after this call
-        was applied (concurrent calls share one read). `forget_overrides` names a queue
-        (or "*") whose Elixir overrides a newer Kerrera command replaces."""
-        if forget_overrides == "*":
-            self.overrides.clear()
-        elif forget_overrides is not None:
-            self.overrides.pop(forget_overrides, None)
+        was applied (concurrent calls share one read). `command` is the (action, queue)
+        of a newer Kerrera command, which replaces Elixir overrides of the fields it sets
+        (and only those)."""
+        if command is not None:
+            action, queue = command
+            for q in list(self.overrides) if queue == "*" else [queue]:
+                fields = self.overrides.get(q, {})
+                for name in COMMAND_FIELDS.get(action, ()):
+                    fields.pop(name, None)
+                if not fields:
+                    self.overrides.pop(q, None)
         self._requested += 1
         mine = self._requested
         async with self._lock:
@@ -174,16 +186,16 @@ class QueueControl(Background):
             for producer in new:
                 producer.start()
 
-    def refresh_soon(self, forget_overrides: str | None = None) -> None:
-        """`refresh` from a callback (a notification): errors are logged, and the
-        periodic reconcile makes them good."""
-        self._track(asyncio.create_task(self._refresh_logged(forget_overrides)))
+    def refresh_soon(self, command: tuple[str, str] | None = None) -> None:
+        """`refresh` from a callback (a notification): a failed read is retried with
+        backoff (and the periodic reconcile catches anything else)."""
+        self._track(asyncio.create_task(self._refresh_logged(command)))
 
-    async def _refresh_logged(self, forget_overrides: str | None) -> None:
+    async def _refresh_logged(self, command: tuple[str, str] | None) -> None:
         failures = 0
         while not self._closed:
             try:
-                await self.refresh(forget_overrides)
+                await self.refresh(command)
                 return
             except Exception as exc:  # a signal's command must not wait for the next period
                 failures += 1
@@ -198,7 +210,7 @@ class QueueControl(Background):
         for queue, state in wanted.items():
             producer = self.producers.get(queue)
             if producer is None:
-                previous = next((p for p in self.draining.values() if p.queue == queue), None)
+                previous = [p for p in self.draining.values() if p.queue == queue]
                 producer = self._make_producer(queue, state.limit, state.paused, previous)
                 self.producers[queue] = producer
                 new.append(producer)
@@ -230,10 +242,11 @@ class QueueControl(Background):
             await producer.stop(self.grace)
         finally:
             self.draining.pop(producer.uuid, None)
-        try:
-            await self._engine.forget_producers([producer.uuid])
-        except Exception as exc:  # the row expires on its own
-            log.warning("could not remove producer row (%s)", exc)
+        if producer.clean:  # else its row expires and the lifeline rescues what is left
+            try:
+                await self._engine.forget_producers([producer.uuid])
+            except Exception as exc:  # the row expires on its own
+                log.warning("could not remove producer row (%s)", exc)
         await self._notify_changed()
 
     def _track(self, task: asyncio.Task[Any]) -> None:

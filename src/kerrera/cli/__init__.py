@@ -276,9 +276,7 @@ async def run_until_signalled(app: Any) -> None:
     hurried = asyncio.create_task(hurry.wait())
     done, _ = await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
     if stopping not in done:
-        for producer in list(app.producers.values()):
-            for _job, task in list(producer.running.values()):
-                task.cancel()  # the producers put these jobs back before stop() returns
+        app.hurry()  # the producers put the running jobs back before stop() returns
         await stopping
     hurried.cancel()
     print("kerrera: stopped", file=sys.stderr, flush=True)

@@ -38,7 +38,7 @@ class Executor:
         self.threads = threads
 
     async def perform(
-        self, job: Job, linger: Callable[[asyncio.Future[None]], None] | None = None
+        self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
     ) -> dict[str, Any] | None:
         """Run `job` to its end and return its ack (None means plainly completed).
 
@@ -73,7 +73,7 @@ class Executor:
 
     async def _call(
         self, worker: Worker, job: Job,
-        linger: Callable[[asyncio.Future[None]], None] | None = None,
+        linger: Callable[[Job, asyncio.Future[None]], None] | None = None,
     ) -> Any:  # fmt: skip
         limit = worker.timeout(job)
         if worker.is_async:
@@ -101,7 +101,7 @@ class Executor:
                 raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
         finally:
             if not finished.done() and linger is not None:
-                linger(finished)
+                linger(job, finished)
 
 
 def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +30,7 @@ class Producer:
     def __init__(
         self, queue: str, limit: int, *, engine: Engine, executor: Executor, node: str,
         poll_interval: float = 1.0, paused: bool = False,
-        predecessor: Producer | None = None,
+        predecessors: list[Producer] | None = None,
     ) -> None:  # fmt: skip
         self.queue = queue
         self.limit = limit
@@ -54,12 +55,23 @@ class Producer:
         self._wakes = 0  # counts wake-ups, so a fetch can tell if one came meanwhile
         self._cancel_all = False
         self._failures = 0
-        # Threads of sync jobs that ended (timeout, pkill) while their thread ran on: the
-        # slot stays taken until the thread is free.
-        self._lingering: set[asyncio.Future[None]] = set()
-        # A producer of the same queue still draining after stop_queue: its running jobs
-        # count against this one's limit until it is done.
-        self._predecessor = predecessor
+        # Sync jobs whose run ended (timeout, pkill, release) while their thread ran on,
+        # by job id: the slot stays taken, and the job's ack is written, only once the
+        # thread is free, so the job can never run again while its thread still runs.
+        self._threads: dict[int, asyncio.Future[None]] = {}
+        # Acks waiting for such a thread, by job id (written when it ends, or at once
+        # when a node shutdown abandons the threads: the process is about to exit).
+        self._deferred: dict[int, Callable[[], None]] = {}
+        self._abandon = False
+        # Producers of the same queue still draining after stop_queue: their jobs count
+        # against this one's limit until they are done; they wake this one as they free.
+        self._predecessors = list(predecessors or ())
+        for old in self._predecessors:
+            old.successor = self
+        self.successor: Producer | None = None
+        #: False once `stop` gave up on writing some final acks (those jobs stay
+        #: executing, for the lifeline to rescue once this producer's heartbeat expires).
+        self.clean = True
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,9 +126,13 @@ class Producer:
             "started_at": self.started_at,
         }  # fmt: skip
 
-    async def stop(self, grace: float) -> int:
+    async def stop(self, grace: float, *, abandon_threads: bool = False) -> int:
         """Stop fetching, give running jobs `grace` seconds, then cancel and release the
-        rest (back to available, attempt not spent). Returns how many were released."""
+        rest (back to available, attempt not spent). Returns how many were released.
+
+        A sync job's thread cannot be stopped: its job is released only once the thread
+        ends, unless `abandon_threads` (the node is shutting down and its process exits,
+        taking the daemon threads with it)."""
         self._stopping = True
         self._wake.set()
         task = self._task
@@ -133,15 +149,19 @@ class Producer:
                 released,
                 grace,
             )
-            self._cancel_all = True  # and jobs a fetch still in flight brings back
-            for _job, job_task in list(self.running.values()):
-                job_task.cancel()
+            self.hurry(abandon_threads=abandon_threads)
+            if not abandon_threads:
+                # The node lives on (stop_queue): keep heartbeating and retrying until the
+                # last acks are written and every sync thread of this queue has ended.
+                await asyncio.shield(task)
+                return released
             try:
                 await asyncio.wait_for(asyncio.shield(task), 5.0)
             except TimeoutError:
                 task.cancel()
                 if self._cycle_task is not None:
                     self._cycle_task.cancel()
+                self.clean = False
                 log.error(
                     "queue %s: could not write %d final ack(s); the jobs stay "
                     "executing until rescued",
@@ -160,7 +180,9 @@ class Producer:
                 except TimeoutError:
                     self._more = True  # the poll tick: look even without a notification
             self._wake.clear()
-            if self._stopping and not (self.running or self._acks or self._cycle_task):
+            if self._stopping and not (
+                self.running or self._acks or self._cycle_task or self._deferred
+            ):
                 return
             if self._cycle_task is not None:
                 continue  # the cycle in flight wakes us when it ends
@@ -212,27 +234,71 @@ class Producer:
     def _demand(self) -> int:
         if self.paused or self._stopping or not self._more:
             return 0
-        busy = len(self.running) + len(self._lingering)
-        if self._predecessor is not None:
-            if self._predecessor.busy:
-                busy += self._predecessor.busy
-            else:
-                self._predecessor = None  # drained: forget it
+        busy = len(self.running) + len(self._threads)
+        if self._predecessors:
+            self._predecessors = [p for p in self._predecessors if p.busy]  # drained: forget
+            busy += sum(p.busy for p in self._predecessors)
         return max(self.limit - busy, 0)
 
     @property
     def busy(self) -> int:
         """Slots taken on this node: running jobs and threads still finishing."""
-        return len(self.running) + len(self._lingering)
+        return len(self.running) + len(self._threads)
 
-    def _linger(self, finished: asyncio.Future[None]) -> None:
-        self._lingering.add(finished)
+    def _freed(self) -> None:
+        self._wake.set()
+        if self.successor is not None:
+            self.successor.wake()
+
+    def _linger(self, job: Job, finished: asyncio.Future[None]) -> None:
+        job_id: int = job.id  # type: ignore[assignment]
+        self._threads[job_id] = finished
 
         def freed(fut: asyncio.Future[None]) -> None:
-            self._lingering.discard(fut)
-            self._wake.set()
+            if self._threads.get(job_id) is fut:
+                del self._threads[job_id]
+            self._freed()
 
         finished.add_done_callback(freed)
+
+    def _after_thread(self, job: Job, write: Callable[[], None]) -> bool:
+        """Write `job`'s ack when its thread is free: now, or when it finishes. Returns
+        False if there is no lingering thread (the caller writes the ack itself)."""
+        job_id: int = job.id  # type: ignore[assignment]
+        thread = self._threads.get(job_id)
+        if thread is None or thread.done() or self._abandon:
+            return False
+        self._deferred[job_id] = write
+
+        def written(_fut: asyncio.Future[None]) -> None:
+            pending = self._deferred.pop(job_id, None)
+            if pending is not None:
+                pending()
+                self._wake.set()
+
+        thread.add_done_callback(written)
+        return True
+
+    def hurry(self, *, abandon_threads: bool = True) -> None:
+        """Cancel every running job now (they are put back to available), and jobs that
+        a fetch in flight brings back. With `abandon_threads`, jobs whose sync thread
+        runs on are put back at once too (the process is about to exit)."""
+        self._cancel_all = True
+        if abandon_threads:
+            self._abandon = True
+        for _job, job_task in list(self.running.values()):
+            job_task.cancel()
+        if abandon_threads:
+            self._abandon_threads()
+
+    def _abandon_threads(self) -> None:
+        """Node shutdown: write the acks still waiting for threads now. The threads are
+        daemons and end with the process."""
+        self._abandon = True
+        deferred, self._deferred = self._deferred, {}
+        for write in deferred.values():
+            write()
+        self._wake.set()
 
     async def _cycle(self, demand: int, acks: AckBatch) -> None:
         """One round trip: write `acks`, claim up to `demand` jobs, start them."""
@@ -282,12 +348,15 @@ class Producer:
                 self._killed.discard(job.id)
                 # Normally the row already says cancelled and this guarded ack is a no-op;
                 # if it does not, the job still ends cancelled rather than stuck executing.
-                self._acks.other.append(cancelled(job, "cancelled while running"))
-            else:
-                self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
-                self._acks.released_attempts.append(job.attempt)
+                end = cancelled(job, "cancelled while running")
+                if not self._after_thread(job, lambda: self._acks.other.append(end)):
+                    self._acks.other.append(end)
+            elif not self._after_thread(job, lambda: self._release(job)):
+                self._release(job)
         else:
-            if ack is None:
+            if self._threads and self._after_thread(job, lambda: self._record(job, ack)):
+                pass  # a timed-out sync job: its retry waits for its thread
+            elif ack is None:
                 self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
                 self._acks.done_attempts.append(job.attempt)
             else:
@@ -298,4 +367,15 @@ class Producer:
                 # (a job fetched again while a stale run of it was still here has a new
                 # entry, which this old run must leave alone)
                 del self.running[job.id]  # type: ignore[arg-type]
-            self._wake.set()
+            self._freed()
+
+    def _release(self, job: Job) -> None:
+        self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
+        self._acks.released_attempts.append(job.attempt)
+
+    def _record(self, job: Job, ack: dict[str, Any] | None) -> None:
+        if ack is None:
+            self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
+            self._acks.done_attempts.append(job.attempt)
+        else:
+            self._acks.other.append(ack)

@@ -33,7 +33,8 @@ class DaemonThreadPool:
         self._name = name
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # threads blocked waiting for a call
+        self._pending = 0  # calls queued and not yet taken by a thread
         self._lock = threading.Lock()
 
     def run(
@@ -50,14 +51,14 @@ class DaemonThreadPool:
         finished: asyncio.Future[None] = loop.create_future()
         self._work.put((loop, started, future, finished, contextvars.copy_context(), func, args))
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            # A new thread only when more calls wait than threads wait for calls.
+            self._pending += 1
+            if self._pending > self._idle and len(self._threads) < self.size:
                 thread = threading.Thread(
                     target=self._loop, daemon=True, name=f"{self._name}-{len(self._threads)}"
                 )
                 self._threads.append(thread)
                 thread.start()
-            elif self._idle:
-                self._idle -= 1
         return started, future, finished
 
     def shutdown(self) -> None:
@@ -67,7 +68,13 @@ class DaemonThreadPool:
 
     def _loop(self) -> None:
         while True:
+            with self._lock:
+                self._idle += 1  # idle only while blocked in get()
             item = self._work.get()
+            with self._lock:
+                self._idle -= 1
+                if item is not _STOP:
+                    self._pending -= 1
             if item is _STOP:
                 return
             loop, started, future, finished, context, func, args = item
@@ -81,8 +88,6 @@ class DaemonThreadPool:
                     _call_soon(loop, _finish, finished, future, result, None)
             else:
                 _call_soon(loop, _settle, finished, None, None)
-            with self._lock:
-                self._idle += 1
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., Any], *args: Any) -> None:

@@ -55,12 +55,11 @@ WITH input AS (
   WHERE id IN (
     SELECT o.id FROM input i JOIN {prefix}.oban_jobs o ON o.meta ->> 'uniq_key' = i.ukey
     WHERE i.period IS NOT NULL AND {uniq_pred:o.}
-      -- more than a period apart, on either side (a holder scheduled far ahead does not
-      -- block a job due now)
-      AND abs(extract(epoch FROM
-            CASE WHEN i.uts = 'scheduled_at' THEN o.scheduled_at ELSE o.inserted_at END
-            - CASE WHEN i.uts = 'scheduled_at' THEN i.due ELSE timezone('UTC', now()) END))
-          >= i.period)
+      -- older than the new job's time minus the period, as Oban counts it (retiring
+      -- on both sides would let a third job retire the second and duplicate the first)
+      AND CASE WHEN i.uts = 'scheduled_at' THEN o.scheduled_at ELSE o.inserted_at END
+          < CASE WHEN i.uts = 'scheduled_at' THEN i.due ELSE timezone('UTC', now()) END
+            - make_interval(secs => i.period))
   RETURNING id
 ), ins AS (
   INSERT INTO {prefix}.oban_jobs AS j
@@ -269,7 +268,7 @@ SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY
 
 -- name: retry_jobs
 -- Any job that is not running goes back to available now; a job whose attempts are spent
--- gets one more. A unique job whose key another job holds meanwhile, or that another
+-- gets one more. A unique job whose key another job holds meanwhile, or that an older
 -- job retried here shares, gives its key up (renamed uniq_retired): a retry by hand
 -- should not fail on the unique index. (A unique insert committing concurrently can
 -- still collide; the engine then runs the statement again.)
@@ -282,7 +281,9 @@ WITH retried AS (
                    SELECT 1 FROM {prefix}.oban_jobs o
                    WHERE o.meta ->> 'uniq_key' = j.meta ->> 'uniq_key' AND o.id <> j.id
                      AND ({uniq_pred:o.}
-                          OR (o.id = ANY(%(ids)s::bigint[]) AND o.state <> 'executing')))
+                          -- of jobs retried together, the oldest keeps the key
+                          OR (o.id = ANY(%(ids)s::bigint[]) AND o.state <> 'executing'
+                              AND o.id < j.id)))
                   THEN (j.meta - 'uniq_key' - 'uniq_states')
                        || jsonb_build_object('uniq_retired', j.meta -> 'uniq_key')
                   ELSE j.meta END
