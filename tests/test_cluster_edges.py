@@ -337,3 +337,36 @@ async def test_a_grown_thread_pool_starts_a_thread_for_a_new_call() -> None:
     finally:
         for gate in gates:
             gate.set()
+
+
+async def test_a_new_queue_starts_only_once_its_heartbeat_is_written(
+    make_app: Any, sql: Any
+) -> None:
+    a = make_app(queues={"default": 1}, node="a")
+    await a.start()
+    real, calls = a._lifeline.beat, [0]
+
+    async def flaky() -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise psycopg.OperationalError("simulated: heartbeat lost")
+        await real()
+
+    a._lifeline.beat = flaky
+    with pytest.raises(psycopg.OperationalError):
+        await a.start_queue("extra", 1)  # persisted, but not started without a heartbeat
+    assert "extra" not in a.producers
+    await a._control.refresh()  # the retry (or the periodic reconcile) starts it
+    producer = a.producers["extra"]
+    assert sql("SELECT queue FROM kerrera_producers WHERE uuid = %s", (producer.uuid,)) == [
+        ("extra",)
+    ]
+
+
+async def test_a_stopping_follower_leaves_no_lease_behind(make_app: Any, sql: Any) -> None:
+    a = make_app(queues={"default": 1}, node="a")
+    await a.start()
+    # as if an election had committed just as the node stopped, unknown to it
+    a._leadership._leading = False
+    await a.stop()
+    assert sql("SELECT count(*) FROM oban_peers WHERE name = 'Kerrera'") == [(0,)]

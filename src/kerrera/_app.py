@@ -205,7 +205,10 @@ class Kerrera:
             self._new_producer, self._beat, c.shutdown_grace_period,
             interval=c.heartbeat_interval,
         )  # fmt: skip
-        await self._control.refresh()  # persisted operator commands win over the config
+        try:
+            await self._control.refresh()  # persisted operator commands win over the config
+        except Exception as exc:  # the periodic reconcile below starts the queues then
+            log.warning("could not start the queues yet (%s); retrying", exc)
         self._control.start()
         await self._start_services(engine)
         log.info(
@@ -500,13 +503,17 @@ class Kerrera:
             predecessors=predecessors,
         )  # fmt: skip
 
-    async def _beat(self) -> None:
+    async def _beat(self, required: bool = False) -> None:
+        """Heartbeat now (after a queue change, or when asked to report). A failure is
+        logged, or raised when `required` (new producers must not start without it)."""
+        self._grow_threads()
         if self._lifeline is not None:
             try:
                 await self._lifeline.beat()
             except Exception as exc:  # the periodic heartbeat catches up
+                if required:
+                    raise
                 log.warning("heartbeat failed (%s)", exc)
-        self._grow_threads()
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -128,7 +128,7 @@ class QueueControl(Background):
         self, engine: Engine, node: str, configured: Mapping[str, int],
         producers: dict[str, Producer],
         make_producer: Callable[[str, int, bool, list[Producer]], Producer],
-        on_changed: Callable[[], Any], grace: float, interval: float = 10.0,
+        on_changed: Callable[[bool], Any], grace: float, interval: float = 10.0,
     ) -> None:  # fmt: skip
         self._engine = engine
         self.node = node
@@ -181,8 +181,15 @@ class QueueControl(Background):
             new = self.apply(effective(self.configured, rows, self.overrides))
             self._applied = target
             # Heartbeat before a new producer fetches anything, so the lifeline knows it
-            # from its first job.
-            await self._notify_changed()
+            # from its first job (else its jobs would wait for rescue_after): if that
+            # fails, the new producers are dropped and the next refresh tries again.
+            try:
+                await self._notify_changed(required=bool(new))
+            except Exception:
+                for producer in new:
+                    self.producers.pop(producer.queue, None)
+                self._applied = 0
+                raise
             for producer in new:
                 producer.start()
 
@@ -284,8 +291,8 @@ class QueueControl(Background):
                 self.stop_producer(q)
         return bool(targets)
 
-    async def _notify_changed(self) -> None:
-        result = self._on_changed()
+    async def _notify_changed(self, *, required: bool = False) -> None:
+        result = self._on_changed(required)
         if asyncio.iscoroutine(result):
             await result
 

@@ -70,12 +70,15 @@ class Leadership(Background):
     async def stop(self) -> None:
         """Stop electing; resign (with a notification) if leading."""
         await super().stop()
-        if self._leading:
-            self._set(False)
-            try:
-                await self._engine.resign_leader(self.name, self.node, self.started_at)
-            except Exception as exc:  # the lease then simply expires
-                log.warning("could not resign leadership (%s)", exc)
+        if not self.eligible:
+            return
+        # Resign even if we do not believe we lead: an election cancelled by this stop
+        # may have committed its lease anyway. The delete only matches our own row.
+        self._set(False)
+        try:
+            await self._engine.resign_leader(self.name, self.node, self.started_at)
+        except Exception as exc:  # the lease then simply expires
+            log.warning("could not resign leadership (%s)", exc)
 
     async def elect_once(self) -> bool:
         """One election: take or renew the lease. Returns whether this node leads."""
