@@ -239,6 +239,10 @@ async def test_cron_inserts_each_owed_tick_once_even_from_two_leaders(
     await b.start()
     cron_a, cron_b = _service(a, Cron), _service(b, Cron)
     await eventually(lambda: sql("SELECT count(*) FROM oban_jobs WHERE args ? 'boot'")[0][0])
+    # From here on only the explicit evaluations below may run: the services' own
+    # minute-boundary evaluation would otherwise race them for the owed ticks.
+    await cron_a.stop()
+    await cron_b.stop()
     # pretend the last evaluation was 4 minutes ago (a restart, a leadership gap)
     sql(
         "UPDATE kerrera_cron SET last_tick = timezone('UTC', now()) - interval '4 minutes' "

@@ -53,6 +53,9 @@ class Cron(Background):
             # later did not boot the cluster.
             self._rebooted = True
         while True:
+            # A wake-up that came before this evaluation (winning leadership at start)
+            # is served by it: do not evaluate twice in a row for it.
+            self._wake.clear()
             if self._leadership.is_leader:
                 try:
                     _, now = await self.evaluate_once()
@@ -63,7 +66,6 @@ class Cron(Background):
             delay = min(60.0, max(0.05, 60.0 - into_minute + 0.05))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            self._wake.clear()
             now += timedelta(seconds=delay)
 
     async def evaluate_once(self) -> tuple[list[Job], datetime]:
