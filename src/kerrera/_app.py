@@ -274,7 +274,10 @@ class Kerrera:
             await asyncio.gather(*(p.stop(grace, abandon_threads=True) for p in producers))
         )
         if self._control is not None:
-            await self._control.wait_stopped()
+            try:  # bounded: a stop must always return
+                await asyncio.wait_for(self._control.wait_stopped(), grace + 10.0)
+            except TimeoutError:
+                log.error("queue control tasks did not finish in time; going on")
         if self._lifeline is not None:  # heartbeats went on while the queues drained
             # A producer whose last acks could not be written keeps its row: once it
             # expires, the lifeline elsewhere rescues those jobs (not after rescue_after).
