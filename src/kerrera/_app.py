@@ -260,34 +260,32 @@ class Kerrera:
             return 0
         self._running = False
         grace = self.config.shutdown_grace_period if grace is None else grace
+        # Every step is bounded: a stop must always return, even if one part hangs.
         if self._control is not None:  # no command may start a queue from here on
             self._control.close()
-            await self._control.stop()
+            await _bounded(self._control.stop(), STEP_LIMIT, "stopping queue control")
         for service in reversed(self._services):
-            await service.stop()
+            await _bounded(service.stop(), STEP_LIMIT, f"stopping {type(service).__name__}")
         self._services = []
         if self._leadership is not None:  # resign now: another node takes over at once
-            await self._leadership.stop()
+            await _bounded(self._leadership.stop(), STEP_LIMIT, "resigning leadership")
         # Queues draining after stop_queue get this stop's grace too, not their own.
         producers = self._all_producers()
-        released = sum(
-            await asyncio.gather(*(p.stop(grace, abandon_threads=True) for p in producers))
-        )
+        stops = asyncio.gather(*(p.stop(grace, abandon_threads=True) for p in producers))
+        released: int = sum(await _bounded(stops, grace + 2 * STEP_LIMIT, "draining") or [0])
         if self._control is not None:
-            try:  # bounded: a stop must always return
-                await asyncio.wait_for(self._control.wait_stopped(), grace + 10.0)
-            except TimeoutError:
-                log.error("queue control tasks did not finish in time; going on")
+            await _bounded(self._control.wait_stopped(), grace + STEP_LIMIT, "queue control")
         if self._lifeline is not None:  # heartbeats went on while the queues drained
             # A producer whose last acks could not be written keeps its row: once it
             # expires, the lifeline elsewhere rescues those jobs (not after rescue_after).
-            await self._lifeline.stop([p.uuid for p in producers if p.clean])
+            uuids = [p.uuid for p in producers if p.clean]
+            await _bounded(self._lifeline.stop(uuids), STEP_LIMIT, "stopping the lifeline")
             self._lifeline = None
         if self._notifier is not None:
-            await self._notifier.stop()
+            await _bounded(self._notifier.stop(), STEP_LIMIT, "stopping the notifier")
         if self._threads is not None:
             self._threads.shutdown()
-        await self._close_connections()
+        await _bounded(self._close_connections(), STEP_LIMIT, "closing connections")
         self.producers.clear()
         log.info("node %s stopped (%d job(s) put back)", self.node, released)
         return released
@@ -568,3 +566,17 @@ class Kerrera:
                 producer.wake()
             if self._control is not None:
                 self._control.refresh_soon()
+
+
+#: Seconds any one step of `stop()` may take (beyond the grace period) before it is
+#: abandoned with an error in the log.
+STEP_LIMIT = 10.0
+
+
+async def _bounded(step: Any, seconds: float, what: str) -> Any:
+    """Await `step` for at most `seconds`; on timeout log an error and return None."""
+    try:
+        return await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.error("%s did not finish within %.0fs; going on", what, seconds)
+        return None
