@@ -199,7 +199,7 @@ class Kerrera:
             producer_ttl=c.producer_ttl, rescue_interval=c.rescue_interval,
             rescue_after=c.rescue_after,
         )  # fmt: skip
-        await self._lifeline.start()
+        await _bounded(self._lifeline.start(), 3 * STEP_LIMIT, "the first heartbeat")
         self._control = QueueControl(
             engine, self.node, c.queues if c.queues else {}, self.producers,
             self._new_producer, self._beat, c.shutdown_grace_period,
@@ -248,7 +248,9 @@ class Kerrera:
         if c.reindex_schedule is not None:
             services.append(Reindexer(engine, leadership, c.reindex_schedule))
         self._services = services
-        await leadership.start()  # one election first: a lone node leads at once
+        # One election first, so a lone node leads at once (bounded, like every start step
+        # that talks to the database: the loops retry on their own).
+        await _bounded(leadership.start(), 3 * STEP_LIMIT, "the first election")
         for service in services:
             service.start()
 

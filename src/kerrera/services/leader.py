@@ -60,8 +60,10 @@ class Leadership(Background):
         """Try once now (so a single node leads from its first second), then keep going."""
         if not self.eligible:
             return
-        await self._elect_logged()
-        super().start()
+        try:
+            await self._elect_logged()
+        finally:  # the loop runs even if this first try was cut short
+            super().start()
 
     def wake(self) -> None:
         """Another leader resigned: try to take over now."""

@@ -45,6 +45,10 @@ class Lifeline:
             await self.beat()
         except Exception as exc:  # the loop below retries; never fail the start for it
             log.warning("first heartbeat failed (%s); retrying", exc)
+        finally:  # the loops run even if the first beat was cut short
+            self._start_loops()
+
+    def _start_loops(self) -> None:
         self._tasks = [
             asyncio.create_task(
                 run_every(self.heartbeat_interval, self.beat, log, "heartbeat", first_now=False),
