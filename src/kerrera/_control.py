@@ -35,9 +35,9 @@ IDENT_NAME = "Kerrera"
 
 @dataclass(frozen=True, slots=True)
 class QueueState:
-    """What one queue should be on this node."""
+    """What one running queue should be on this node (queues that should not run are
+    simply absent from `effective`'s result)."""
 
-    running: bool
     limit: int
     paused: bool
 
@@ -113,7 +113,7 @@ def effective(
         limit = slot.get("limit", configured.get(queue))
         running = slot.get("running", queue in configured)
         if running and limit is not None:
-            out[queue] = QueueState(True, int(limit), bool(slot.get("paused", False)))
+            out[queue] = QueueState(int(limit), bool(slot.get("paused", False)))
     return out
 
 
