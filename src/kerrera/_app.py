@@ -17,6 +17,7 @@ from kerrera._control import QueueControl, addressed_to, queue_command
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
+from kerrera._inspect import InspectMixin
 from kerrera._job import Job
 from kerrera._options import check_jobs, check_queue
 from kerrera._schema import check_schema, migrate_sync
@@ -30,7 +31,7 @@ from kerrera.services.leader import PEER_NAME
 log = logging.getLogger("kerrera")
 
 
-class Kerrera:
+class Kerrera(InspectMixin):
     """A Kerrera instance: inserts jobs and, when it has queues, runs them.
 
     Options (all keyword, validated here; an unknown one is an error that suggests the
@@ -492,6 +493,7 @@ class Kerrera:
                 "running": len(p.running),
                 "paused": p.paused,
                 "started": not p.stopping,
+                "counts": p.counts,
             }
             rows.append((p.uuid, self.node, p.queue, _json.dumps(state)))
         return rows

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kerrera._errors import ConfigError, KerreraError
-from kerrera.cli import queues
+from kerrera.cli import jobs, queues, top
 
 log = logging.getLogger("kerrera.cli")
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     queues.add_parser(sub, _common)
+    jobs.add_parser(sub, _common)
+    top.add_parser(sub, _common)
 
     demo = sub.add_parser("demo", help="run a small media pipeline on the embedded database")
     _common(demo)
@@ -167,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_start(args))
         if args.command == "queues":
             return _run(queues.run(args))
+        if args.command == "jobs":
+            return _run(jobs.run(args))
+        if args.command == "top":
+            return _run(top.run(args))
         if args.command == "demo":
             from kerrera.cli.demo import run_demo
 

@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from kerrera import _json
 from kerrera._job import Job
 from kerrera.engine.base import AckBatch
+from kerrera.engine.inspect import InspectQueries
 from kerrera.engine.statements import (
     Statements,
     array_literal,
@@ -58,7 +59,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     _json.configure(conn)
 
 
-class PostgresEngine:
+class PostgresEngine(InspectQueries):
     """Runs every statement of Kerrera against PostgreSQL through one async pool.
 
     Connections are in autocommit mode: each statement is its own transaction, which is

@@ -1,4 +1,4 @@
-"""Named SQL statements, loaded once from `sql/queries.sql`, and their parameters.
+"""Named SQL statements, loaded once from the `sql/*.sql` files, and their parameters.
 
 Both the async and the sync engine run these statements; this module owns their text and
 the shape of their parameters so the two never drift apart.
@@ -32,11 +32,16 @@ def check_prefix(prefix: object) -> str:
 
 @cache
 def _raw_queries() -> dict[str, str]:
-    text = resources.files("kerrera.engine").joinpath("sql/queries.sql").read_text("utf-8")
+    folder = resources.files("kerrera.engine").joinpath("sql")
     out: dict[str, str] = {}
-    for block in text.split("-- name: ")[1:]:
-        name, _, body = block.partition("\n")
-        out[name.strip()] = body.strip().rstrip(";")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for block in entry.read_text("utf-8").split("-- name: ")[1:]:
+            name, _, body = block.partition("\n")
+            if name.strip() in out:
+                raise RuntimeError(f"statement {name.strip()!r} is defined twice")
+            out[name.strip()] = body.strip().rstrip(";")
     return out
 
 

@@ -72,6 +72,10 @@ class Producer:
         #: False once `stop` gave up on writing some final acks (those jobs stay
         #: executing, for the lifeline to rescue once this producer's heartbeat expires).
         self.clean = True
+        #: Jobs this producer finished, by outcome (completed, retryable, discarded,
+        #: cancelled, snoozed, released), since it started: `kerrera top` derives
+        #: throughput from these counters in the heartbeats.
+        self.counts: dict[str, int] = {}
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,7 +127,7 @@ class Producer:
             "queue": self.queue, "node": self.node, "uuid": self.uuid, "limit": self.limit,
             "running": len(self.running), "running_ids": sorted(self.running),
             "paused": self.paused, "started": self._task is not None and not self._stopping,
-            "started_at": self.started_at,
+            "started_at": self.started_at, "counts": dict(self.counts),
         }  # fmt: skip
 
     async def stop(self, grace: float, *, abandon_threads: bool = False) -> int:
@@ -349,6 +353,7 @@ class Producer:
                 # Normally the row already says cancelled and this guarded ack is a no-op;
                 # if it does not, the job still ends cancelled rather than stuck executing.
                 end = cancelled(job, "cancelled while running")
+                self._count("cancelled")
                 if not self._after_thread(job, lambda: self._acks.other.append(end)):
                     self._acks.other.append(end)
             elif not self._after_thread(job, lambda: self._release(job)):
@@ -356,11 +361,8 @@ class Producer:
         else:
             if self._threads and self._after_thread(job, lambda: self._record(job, ack)):
                 pass  # a timed-out sync job: its retry waits for its thread
-            elif ack is None:
-                self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
-                self._acks.done_attempts.append(job.attempt)
             else:
-                self._acks.other.append(ack)
+                self._record(job, ack)
         finally:
             entry = self.running.get(job.id)  # type: ignore[arg-type]
             if entry is not None and entry[1] is asyncio.current_task():
@@ -369,13 +371,23 @@ class Producer:
                 del self.running[job.id]  # type: ignore[arg-type]
             self._freed()
 
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
     def _release(self, job: Job) -> None:
+        self._count("released")
         self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
         self._acks.released_attempts.append(job.attempt)
 
     def _record(self, job: Job, ack: dict[str, Any] | None) -> None:
+        self._count("completed" if ack is None else _outcome(ack))
         if ack is None:
             self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
             self._acks.done_attempts.append(job.attempt)
         else:
             self._acks.other.append(ack)
+
+
+def _outcome(ack: dict[str, Any]) -> str:
+    """The outcome an ack stands for: its end state, or `snoozed`."""
+    return "snoozed" if ack.get("snooze") else str(ack["state"])
