@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import kerrera
 
 
@@ -14,6 +16,7 @@ def test_all_is_sorted_and_complete() -> None:
         "queue",
         "services",
         "cli",
+        "telemetry",
     }
     assert public == set(kerrera.__all__)
 
@@ -21,3 +24,15 @@ def test_all_is_sorted_and_complete() -> None:
 def test_public_names_have_docstrings() -> None:
     for name in kerrera.__all__:
         assert getattr(kerrera, name).__doc__, name
+
+
+def test_telemetry_exports() -> None:
+    from kerrera import telemetry
+
+    assert telemetry.__all__ == sorted(telemetry.__all__)
+    public = {n for n in dir(telemetry) if not n.startswith("_")}
+    assert public == set(telemetry.__all__)
+    for name in telemetry.__all__:
+        value = getattr(telemetry, name)
+        if inspect.isfunction(value):
+            assert value.__doc__, name

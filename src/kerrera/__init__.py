@@ -14,8 +14,10 @@ from kerrera._errors import (
     SchemaError,
     UnknownWorkerError,
 )
+from kerrera._events import Event
 from kerrera._job import Job, JobState
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
+from kerrera._pubsub import Subscription
 from kerrera._sync import SyncKerrera
 from kerrera._unique import Unique
 from kerrera._worker import Worker, resolve_worker, worker
@@ -26,6 +28,7 @@ __all__ = [
     "Cancel",
     "CancelJob",
     "ConfigError",
+    "Event",
     "Job",
     "JobState",
     "JobTimeoutError",
@@ -35,6 +38,7 @@ __all__ = [
     "SchemaError",
     "Snooze",
     "SnoozeJob",
+    "Subscription",
     "SyncKerrera",
     "Unique",
     "UnknownWorkerError",

@@ -10,16 +10,18 @@ from typing import Any, overload
 
 import psycopg
 
-from kerrera import _json
+from kerrera import _json, telemetry
 from kerrera._config import Config
 from kerrera._context import _CURRENT
 from kerrera._control import QueueControl, addressed_to, queue_command
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
+from kerrera._events import app_message
 from kerrera._ids import as_ids, one_or_many
 from kerrera._inspect import InspectMixin
 from kerrera._job import Job
 from kerrera._options import check_jobs, check_queue
+from kerrera._pubsub import Hub, NodeEvents, Subscription
 from kerrera._schema import check_schema, migrate_sync
 from kerrera._sync import SyncKerrera
 from kerrera.engine.postgres import PostgresEngine
@@ -67,6 +69,8 @@ class Kerrera(InspectMixin):
         state ({"completed": 3600, "discarded": None}) or None to keep everything.
       prune_interval (30 s), prune_limit (10,000 rows per batch).
       reindex_schedule ("@daily", UTC): when to rebuild the jobs indexes; None: never.
+      progress_interval (0.25 s): a running job's `progress()` is written and published
+        at most this often (the latest report always lands); 0 writes every report.
 
     Example:
         app = Kerrera(queues={"default": 10, "media": 2})
@@ -102,6 +106,7 @@ class Kerrera(InspectMixin):
         prune_interval: float = 30.0,
         prune_limit: int = 10_000,
         reindex_schedule: str | None = "@daily",
+        progress_interval: float = 0.25,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -115,7 +120,7 @@ class Kerrera(InspectMixin):
             data_dir=data_dir, notifier=notifier, leader=leader, leader_lease=leader_lease,
             crontab=crontab or (), cron_catch_up=cron_catch_up, prune_max_age=prune_max_age,
             prune_interval=prune_interval, prune_limit=prune_limit,
-            reindex_schedule=reindex_schedule,
+            reindex_schedule=reindex_schedule, progress_interval=progress_interval,
         )  # fmt: skip
         self.node = self.config.node
         self.producers: dict[str, Producer] = {}
@@ -132,6 +137,10 @@ class Kerrera(InspectMixin):
         self._running = False
         self._sync: SyncKerrera | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._hub: Hub | None = None
+        self._events: NodeEvents | None = None
+        #: The loop this node runs on (set by `start`), for sync workers' calls into it.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -179,12 +188,14 @@ class Kerrera(InspectMixin):
             return
         engine = await self._open()
         self._running = True
+        self.loop = asyncio.get_running_loop()
         _CURRENT.set(self)  # tasks created from here on (producers, jobs) inherit it
         c = self.config
         if not c.queues and not c.crontab:
             return
         self._threads = DaemonThreadPool(c.threads)
-        self._executor = Executor(self._threads)
+        self._executor = Executor(self._threads, self.node)
+        self._events = NodeEvents(engine)
         notifier: Notifier = (
             PostgresNotifier(engine) if c.notifier == "postgres" else IsolatedNotifier()
         )
@@ -195,6 +206,7 @@ class Kerrera(InspectMixin):
         notifier.on_status(self._on_notifier_status)
         self._notifier = notifier
         await notifier.start()
+        self._background(self._ask_watchers())
         self._lifeline = Lifeline(
             engine, self._producer_rows, heartbeat_interval=c.heartbeat_interval,
             producer_ttl=c.producer_ttl, rescue_interval=c.rescue_interval,
@@ -300,6 +312,9 @@ class Kerrera(InspectMixin):
             producer.hurry()
 
     async def _close_connections(self) -> None:
+        if self._hub is not None:
+            await self._hub.close()
+            self._hub = None
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
@@ -456,6 +471,42 @@ class Kerrera(InspectMixin):
             out.append(info)
         return out
 
+    async def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Unfinished jobs per queue and state, e.g. `{"media": {"available": 12,
+        "executing": 2}}` (finished states are not counted: see `list_jobs`)."""
+        return await (await self._open()).queue_depths()
+
+    # -- events -------------------------------------------------------------------------
+    def subscribe(self, *targets: int | str) -> Subscription:
+        """Events as they happen, from any process: for job ids (ints), queues, topics of
+        `publish`, or `"*"` (every job event and message).
+
+        A job's events are `started`, `progress`, `completed`, `retrying`, `failed`,
+        `cancelled`, `snoozed` and `released`; a job id subscription begins with a
+        `snapshot` of the job. Iterate with `async for`; `async with` closes it.
+
+        Example (a web request streaming one job's progress):
+            async with app.subscribe(job.id) as events:
+                async for event in events:
+                    send(event.kind, event.progress)
+                    if event.finished:
+                        break
+        """
+        if self._hub is None:
+            self._hub = Hub(self._open)
+        return self._hub.subscribe(targets)
+
+    async def publish(self, topic: str, payload: Any) -> None:
+        """Send `payload` (JSON, at most about 7.9 kB encoded) to every subscriber of
+        `topic` or `"*"`, in every process. Best effort: subscribers not listening at
+        that moment never see it.
+
+        Example: `await app.publish("exports", {"user": 7, "status": "ready"})`.
+        """
+        text = app_message(topic, payload)
+        engine = await self._open()
+        await engine.notify(engine.sql.events_channel, text)
+
     @property
     def is_leader(self) -> bool:
         """Whether this node currently leads the cluster (runs the leader-only services)."""
@@ -505,7 +556,7 @@ class Kerrera(InspectMixin):
         return Producer(
             queue, limit, engine=self._engine, executor=self._executor, node=self.node,
             poll_interval=self.config.poll_interval, paused=paused,
-            predecessors=predecessors,
+            predecessors=predecessors, events=self._events,
         )  # fmt: skip
 
     async def _beat(self, required: bool = False) -> None:
@@ -555,8 +606,19 @@ class Kerrera(InspectMixin):
             self._leadership.wake()
 
     def _on_control(self, _channel: str, message: dict[str, Any]) -> None:
-        if message.get("action") == "report":
+        action = message.get("action")
+        if action == "report":
             self._background(self._beat())
+        elif action == "watch" and self._events is not None:
+            self._events.watching.heard()
+
+    async def _ask_watchers(self) -> None:
+        """Ask open subscriptions to announce themselves (a node that just started or
+        reconnected would otherwise publish no job events for a few seconds)."""
+        try:
+            await self.engine.notify(self.engine.sql.control_channel, '{"action":"watchers"}')
+        except Exception as exc:  # their next periodic announcement reaches us anyway
+            log.debug("could not ask for subscribers (%s)", exc)
 
     def _on_leadership(self, leading: bool) -> None:
         if leading:
@@ -565,7 +627,12 @@ class Kerrera(InspectMixin):
                     service.wake()  # catch up the ticks owed since the last leader
 
     def _on_notifier_status(self, up: bool) -> None:
-        if up:  # catch up on anything inserted or signalled while we were deaf
+        if telemetry.active("notifier.switch"):
+            telemetry.execute("notifier.switch", {}, {"up": up, "node": self.node})
+        if up:
+            self._background(
+                self._ask_watchers()
+            )  # catch up on anything inserted or signalled while we were deaf
             for producer in self.producers.values():
                 producer.wake()
             if self._control is not None:

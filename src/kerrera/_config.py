@@ -50,6 +50,7 @@ class Config:
     prune_interval: float = 30.0
     prune_limit: int = 10_000
     reindex_schedule: Any = "@daily"
+    progress_interval: float = 0.25
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -86,8 +87,9 @@ class Config:
             raise ConfigError(f"option 'data_dir' must be a path, got {self.data_dir!r}")
         if not isinstance(self.leader, bool):
             raise ConfigError(f"option 'leader' must be True or False, got {self.leader!r}")
-        for name in ("leader_lease", "cron_catch_up", "prune_interval"):
-            _check_seconds(name, getattr(self, name), allow_zero=name == "cron_catch_up")
+        for name in ("leader_lease", "cron_catch_up", "prune_interval", "progress_interval"):
+            zero_ok = name in ("cron_catch_up", "progress_interval")
+            _check_seconds(name, getattr(self, name), allow_zero=zero_ok)
         if self.cron_catch_up > CRON_CATCH_UP_MAX:
             raise ConfigError(
                 f"option 'cron_catch_up' must be at most {CRON_CATCH_UP_MAX:.0f} "

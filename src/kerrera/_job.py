@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kerrera._progress import Progress
     from kerrera._unique import Unique
 
 
@@ -74,11 +75,42 @@ class Job:
     unique: Unique | None = field(default=None, repr=False)
     #: Set by the node running the job when it was cancelled (see `cancelled()`).
     cancel_requested: bool = field(default=False, repr=False)
+    #: Progress reported while running and not yet written (see `progress()`).
+    progress_state: Progress | None = field(default=None, repr=False)
 
     def cancelled(self) -> bool:
         """True once this running job was cancelled (`cancel_job`, from any node). A sync
         worker cannot be interrupted: a long one should check this and return early."""
         return self.cancel_requested
+
+    async def progress(
+        self, percent: float | None = None, message: str | None = None, **data: Any
+    ) -> None:
+        """Report progress from inside a running job: stored as `meta["progress"]` and
+        published to subscribers (`app.subscribe(job.id)`).
+
+        `percent` is 0-100 (or None), `message` a short text, `data` any JSON values.
+        Writes are throttled (at most one per `progress_interval`, default 0.25 s): a
+        report that comes sooner is held, and the latest held one is written at the end
+        of the interval or when the job ends, so the last word always lands.
+
+        Example:
+            for i, chunk in enumerate(chunks):
+                process(chunk)
+                await job.progress(100 * (i + 1) / len(chunks), "separating", stem=i)
+        """
+        from kerrera._progress import report
+
+        await report(self, percent, message, data)
+
+    def progress_sync(
+        self, percent: float | None = None, message: str | None = None, **data: Any
+    ) -> None:
+        """`progress()` for a sync worker (it runs in a thread): waits until the report
+        is accepted (held or written)."""
+        from kerrera._progress import report_from_thread
+
+        report_from_thread(self, percent, message, data)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job):

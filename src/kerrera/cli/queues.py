@@ -1,13 +1,23 @@
-"""`kerrera queues`: see every node's queues, and pause, resume, scale, start or stop a
-queue across the cluster (or on one node) from any shell."""
+"""`kerrera queues`: see every queue (per node: limit, running, paused; per queue: jobs
+available, scheduled, retryable), and pause, resume, scale, start or stop a queue across
+the cluster (or on one node) from any shell."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from kerrera._inspect import UNFINISHED
+from kerrera.cli._render import Cell, Output, plain_table
+
+if TYPE_CHECKING:
+    from kerrera._app import Kerrera
 
 ACTIONS = ("pause", "resume", "scale", "start", "stop")
+#: The report's columns (`--json` has every key of `check_all_queues` rows, plus these).
+HEAD = ("QUEUE", "NODE", "LIMIT", "RUNNING", "AVAILABLE", "SCHEDULED", "RETRYABLE", "PAUSED")
+NUMBERS = frozenset({2, 3, 4, 5, 6})
 
 
 def add_parser(sub: Any, common: Any) -> None:
@@ -33,8 +43,12 @@ async def run(args: argparse.Namespace) -> int:
     app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir, migrate=False)
     try:
         if args.action is None:
-            report = await app.check_all_queues()
-            print(render(report, as_json=args.json))
+            report = await queue_report(app)
+            out = Output()
+            if args.json or out.console is None or not report:
+                print(render(report, as_json=args.json))
+            else:
+                out.table(HEAD, [_cells(r) for r in report], right=NUMBERS)
             return 0
         call = getattr(app, f"{args.action}_queue")
         extra = (args.limit,) if args.action in ("scale", "start") else ()
@@ -46,25 +60,45 @@ async def run(args: argparse.Namespace) -> int:
         await app.stop()
 
 
+async def queue_report(app: Kerrera, *, fresh: float = 1.0) -> list[dict[str, Any]]:
+    """Every queue on every live node (`check_all_queues` rows), each with its queue's
+    unfinished job counts (`available`, `scheduled`, `retryable`, `executing`,
+    `suspended`: per queue, the same on each of its nodes). A queue with unfinished
+    jobs but no live node gets a row too, with `node` None. Sorted by queue, then node."""
+    rows = await app.check_all_queues(fresh=fresh)
+    counts = await app.count_jobs()
+    served = {row["queue"] for row in rows}
+    for queue in sorted(set(counts) - served):
+        rows.append({
+            "node": None, "queue": queue, "uuid": None, "started_at": None,
+            "updated_at": None, "limit": None, "running": None, "paused": None,
+            "started": False, "counts": {},
+        })  # fmt: skip
+    zero = dict.fromkeys(UNFINISHED, 0)
+    for row in rows:
+        row.update(counts.get(row["queue"], zero))
+    return sorted(rows, key=lambda r: (r["queue"], r["node"] or ""))
+
+
 def render(report: list[dict[str, Any]], *, as_json: bool) -> str:
-    """The report as a table (or JSON)."""
+    """The report as plain text (or JSON)."""
     if as_json:
         return json.dumps(report, default=str, indent=2)
     if not report:
-        return "no live nodes run queues"
-    head = ("NODE", "QUEUE", "LIMIT", "RUNNING", "PAUSED")
-    rows = [
-        (
-            str(r["node"]),
-            str(r["queue"]),
-            str(r["limit"]),
-            str(r["running"]),
-            "yes" if r["paused"] else "no",
-        )
-        for r in report
-    ]
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in (head, *rows)
-    )
+        return "no queues: no live node and no unfinished job"
+    return plain_table(HEAD, [_cells(r) for r in report], right=NUMBERS)
+
+
+def _cells(row: dict[str, Any]) -> list[Cell]:
+    def number(key: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else str(value)
+
+    waiting: Cell = (number("available"), "bold" if row.get("available") else "")
+    paused = row.get("paused")
+    flag: Cell = ("-", "") if paused is None else ("yes", "yellow") if paused else ("no", "")
+    node: Cell = (str(row["node"]), "") if row["node"] is not None else ("(no node)", "red")
+    return [
+        str(row["queue"]), node, number("limit"), number("running"), waiting,
+        number("scheduled"), number("retryable"), flag,
+    ]  # fmt: skip

@@ -24,6 +24,9 @@ class AckBatch:
     other: list[dict[str, Any]] = field(default_factory=list)
     released_ids: list[int] = field(default_factory=list)
     released_attempts: list[int] = field(default_factory=list)
+    #: Job events to publish once these acks are written (not stored; only filled
+    #: while someone subscribes).
+    notes: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.done_ids) + len(self.other) + len(self.released_ids)
@@ -35,6 +38,7 @@ class AckBatch:
         self.other.extend(older.other)
         self.released_ids.extend(older.released_ids)
         self.released_attempts.extend(older.released_attempts)
+        self.notes.extend(older.notes)
 
 
 class Engine(Protocol):

@@ -362,6 +362,25 @@ class PostgresEngine(InspectQueries):
         """(node, queue, uuid, started_at, updated_at, state json) of live producers."""
         return await self._execute("producer_states", {"ttl": ttl})
 
+    async def write_progress(
+        self, job_id: int, attempt: int, progress: dict[str, Any], message: str
+    ) -> bool:
+        """Store a running job's progress in its meta and publish `message`, if this
+        attempt still owns the job. Returns whether it did."""
+        rows = await self._execute("write_progress", {
+            "id": job_id, "attempt": attempt, "progress": _json.dumps(progress),
+            "channel": self.sql.events_channel, "payload": message,
+        })  # fmt: skip
+        return bool(rows)
+
+    async def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Unfinished jobs by queue, then state (available, scheduled, retryable,
+        executing, suspended); states with no job are left out."""
+        depths: dict[str, dict[str, int]] = {}
+        for queue, state, count in await self._execute("queue_depths", {}):
+            depths.setdefault(queue, {})[state] = int(count)
+        return depths
+
     async def listen_connection(self) -> psycopg.AsyncConnection[Any]:
         """A dedicated connection for LISTEN (never pooled: it holds session state)."""
         return await asyncio.wait_for(

@@ -117,6 +117,8 @@ class Statements:
         self.leader_channel = f"{self.prefix}.oban_leader"
         #: Kerrera-only requests between nodes (Elixir nodes do not listen here).
         self.control_channel = f"{self.prefix}.kerrera_control"
+        #: Job events, progress and `publish` messages for subscribers.
+        self.events_channel = f"{self.prefix}.kerrera_events"
 
     def __getitem__(self, name: str) -> str:
         return self._sql[name]

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kerrera import _json
+from kerrera import _json, telemetry
 from kerrera._backoff import default_backoff
 from kerrera._errors import JobTimeoutError, UnknownWorkerError
 from kerrera._job import Job
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
 from kerrera._worker import Worker, resolve_worker
+from kerrera.queue.observed import observed
 from kerrera.queue.threads import DaemonThreadPool
 
 log = logging.getLogger("kerrera.executor")
@@ -34,8 +35,10 @@ MAX_DELAY = 1e9
 class Executor:
     """Runs jobs for the producers of one node; sync workers go to `threads`."""
 
-    def __init__(self, threads: DaemonThreadPool) -> None:
+    def __init__(self, threads: DaemonThreadPool, node: str | None = None) -> None:
         self.threads = threads
+        #: The node's name, for telemetry (None: emit no job events).
+        self.node = node
 
     async def perform(
         self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
@@ -46,30 +49,43 @@ class Executor:
         asked for (shutdown, pkill) propagates, as `asyncio.CancelledError`. A sync job
         whose thread outlives it (a timeout, a pkill) is handed to `linger` as a future
         that resolves when the thread is free, so its producer can keep the slot taken.
+        Progress the job reported but has not written yet is written before it returns.
         """
+        if self.node is not None and telemetry.active("job.stop"):
+            return await observed(self, job, linger)
+        ack, _error = await self.run(job, linger)
+        if job.progress_state is not None:
+            await job.progress_state.flush()
+        return ack
+
+    async def run(
+        self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
+    ) -> tuple[dict[str, Any] | None, BaseException | None]:
+        """`perform` without telemetry: the ack, and the exception that failed the job."""
         try:
             worker = resolve_worker(job.worker)
         except Exception as exc:  # unknown name, or a worker class that cannot be built
-            return failure(job, None, exc, with_traceback=not isinstance(exc, UnknownWorkerError))
+            trace = not isinstance(exc, UnknownWorkerError)
+            return failure(job, None, exc, with_traceback=trace), exc
         try:
             result = await self._call(worker, job, linger)
-            return None if result is None else outcome(job, worker, result)
+            return (None, None) if result is None else (outcome(job, worker, result), None)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the producer cancelled it
-            return failure(job, worker, exc)  # the worker's own code raised it
+            return failure(job, worker, exc), exc  # the worker's own code raised it
         except CancelJob as exc:
-            return cancelled(job, exc.reason)
+            return cancelled(job, exc.reason), None
         except SnoozeJob as snooze:
             try:
-                return snoozed(job, snooze.seconds)
+                return snoozed(job, snooze.seconds), None
             except Exception as bad:  # a bad snooze value: an error on the job
-                return failure(job, worker, bad)
+                return failure(job, worker, bad), bad
         except BaseException as exc:  # a worker's failure must never reach the node
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 log.warning("job %s raised %r; recorded as an error", job.id, exc)
-            return failure(job, worker, exc)
+            return failure(job, worker, exc), exc
 
     async def _call(
         self, worker: Worker, job: Job,

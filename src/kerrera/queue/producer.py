@@ -13,9 +13,10 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kerrera._backoff import reconnect_backoff
+from kerrera._events import job_entry
 from kerrera._job import Job
 from kerrera.engine.base import AckBatch, Engine
 from kerrera.engine.errors import is_transient
@@ -24,13 +25,26 @@ from kerrera.queue.executor import Executor, cancelled, unwritable
 log = logging.getLogger("kerrera.producer")
 
 
+class JobEvents(Protocol):
+    """Where a producer publishes job events for subscribers."""
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone subscribes now (otherwise nothing is published)."""
+
+    async def publish(
+        self, queue: str, node: str, done: list[dict[str, Any]], started: list[Job]
+    ) -> None:
+        """Publish outcomes just written (`done`) and jobs just started; never raises."""
+
+
 class Producer:
     """Runs the jobs of one queue on this node, never more than `limit` at once."""
 
     def __init__(
         self, queue: str, limit: int, *, engine: Engine, executor: Executor, node: str,
         poll_interval: float = 1.0, paused: bool = False,
-        predecessors: list[Producer] | None = None,
+        predecessors: list[Producer] | None = None, events: JobEvents | None = None,
     ) -> None:  # fmt: skip
         self.queue = queue
         self.limit = limit
@@ -76,6 +90,8 @@ class Producer:
         #: cancelled, snoozed, released), since it started: `kerrera top` derives
         #: throughput from these counters in the heartbeats.
         self.counts: dict[str, int] = {}
+        # Publishes job starts and outcomes while someone subscribes (None: never).
+        self._events = events
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> None:
@@ -319,6 +335,9 @@ class Producer:
                     )
             jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
             self._failures = 0
+            if self._events is not None and (acks.notes or (jobs and self._events.watched)):
+                # Before the jobs start, so a subscriber hears `started` before progress.
+                await self._events.publish(self.queue, self.node, acks.notes, jobs)
             if demand and self._wakes == wakes:  # no wake-up arrived meanwhile
                 self._more = len(jobs) >= demand
         except Exception as exc:  # the database is away: keep the acks, back off
@@ -354,6 +373,7 @@ class Producer:
                 # if it does not, the job still ends cancelled rather than stuck executing.
                 end = cancelled(job, "cancelled while running")
                 self._count("cancelled")
+                self._note(job, "cancelled")
                 if not self._after_thread(job, lambda: self._acks.other.append(end)):
                     self._acks.other.append(end)
             elif not self._after_thread(job, lambda: self._release(job)):
@@ -374,13 +394,22 @@ class Producer:
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
+    def _note(self, job: Job, state: str, error: str = "") -> None:
+        if self._events is not None and self._events.watched:
+            self._acks.notes.append(job_entry(job.id, state, job.worker, job.attempt, error))  # type: ignore[arg-type]
+
     def _release(self, job: Job) -> None:
         self._count("released")
+        self._note(job, "available")
         self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
         self._acks.released_attempts.append(job.attempt)
 
     def _record(self, job: Job, ack: dict[str, Any] | None) -> None:
         self._count("completed" if ack is None else _outcome(ack))
+        if ack is None:
+            self._note(job, "completed")
+        else:
+            self._note(job, ack["state"], ack.get("error", {}).get("error", ""))
         if ack is None:
             self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
             self._acks.done_attempts.append(job.attempt)

@@ -430,3 +430,20 @@ ORDER BY node, queue;
 
 -- name: db_now
 SELECT timezone('UTC', now());
+
+-- name: queue_depths
+-- Jobs not finished, by queue and state: the state-leading index keeps this cheap however
+-- many finished jobs the table holds.
+SELECT queue, state::text, count(*) FROM {prefix}.oban_jobs
+WHERE state IN ('available', 'scheduled', 'retryable', 'executing', 'suspended')
+GROUP BY queue, state;
+
+-- name: write_progress
+-- A running job's latest progress, guarded like an ack; published only when written.
+WITH written AS (
+  UPDATE {prefix}.oban_jobs
+  SET meta = meta || jsonb_build_object('progress', %(progress)s::jsonb)
+  WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s
+  RETURNING id
+)
+SELECT pg_notify(%(channel)s, %(payload)s) FROM written;

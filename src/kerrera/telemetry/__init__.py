@@ -1,0 +1,48 @@
+"""Telemetry: an event bus for job, producer and service events, and a JSON logger.
+
+Attach a handler to the events you care about; Kerrera calls it synchronously as
+`fn(event, measurements, metadata)`. See docs/telemetry.md for every event and what it
+carries, and `kerrera.telemetry.prometheus` / `kerrera.telemetry.otel` for the optional
+Prometheus and OpenTelemetry integrations.
+
+Example:
+    from kerrera import telemetry
+
+    def slow_jobs(event, measurements, metadata):
+        if measurements["duration"] > 5:
+            print("slow:", metadata["worker"], measurements["duration"])
+
+    telemetry.attach("slow-jobs", ["job.stop"], slow_jobs)
+"""
+
+from kerrera.telemetry._bus import (
+    EVENTS,
+    Handler,
+    active,
+    attach,
+    detach,
+    execute,
+    handlers,
+    timed,
+)
+from kerrera.telemetry._logger import (
+    DEFAULT_EVENTS,
+    DEFAULT_LOGGER,
+    attach_default_logger,
+    format_event,
+)
+
+__all__ = [
+    "DEFAULT_EVENTS",
+    "DEFAULT_LOGGER",
+    "EVENTS",
+    "Handler",
+    "active",
+    "attach",
+    "attach_default_logger",
+    "detach",
+    "execute",
+    "format_event",
+    "handlers",
+    "timed",
+]
