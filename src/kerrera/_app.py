@@ -18,6 +18,7 @@ from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
 from kerrera._events import app_message
 from kerrera._ids import as_ids, one_or_many
+from kerrera._insert_events import observe_insert
 from kerrera._inspect import InspectMixin
 from kerrera._job import Job
 from kerrera._options import check_jobs, check_queue
@@ -210,7 +211,7 @@ class Kerrera(InspectMixin):
         self._lifeline = Lifeline(
             engine, self._producer_rows, heartbeat_interval=c.heartbeat_interval,
             producer_ttl=c.producer_ttl, rescue_interval=c.rescue_interval,
-            rescue_after=c.rescue_after,
+            rescue_after=c.rescue_after, node=self.node,
         )  # fmt: skip
         await _bounded(self._lifeline.start(), 3 * STEP_LIMIT, "the first heartbeat")
         self._control = QueueControl(
@@ -244,6 +245,7 @@ class Kerrera(InspectMixin):
                 self._wake_queue,
                 interval=c.stage_interval,
                 should_run=lambda: leadership.is_leader,
+                node=self.node,
             )
         ]
         if any(age is not None for age in c.prune_max_age.values()):
@@ -347,7 +349,10 @@ class Kerrera(InspectMixin):
         if not batch:
             return []
         engine = await self._open()
-        return await engine.insert_jobs(batch, conn)
+        if not telemetry.active("insert") and not telemetry.active("insert.start"):
+            return await engine.insert_jobs(batch, conn)
+        with observe_insert(batch) as done:
+            return done(await engine.insert_jobs(batch, conn))
 
     async def complete_job(self, job: Job, *, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Mark the running `job` completed inside the caller's transaction on `conn`.

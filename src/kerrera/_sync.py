@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from kerrera import telemetry
 from kerrera._control import queue_command
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
+from kerrera._insert_events import observe_insert
 from kerrera._job import Job
 from kerrera._options import check_jobs
 from kerrera._schema import check_schema, migrate_sync
@@ -67,7 +69,12 @@ class SyncKerrera:
     ) -> list[Job]:
         """Insert many jobs, one statement per batch."""
         batch = check_jobs(jobs)
-        return self._open().insert_jobs(batch, conn) if batch else []
+        if not batch:
+            return []
+        if not telemetry.active("insert") and not telemetry.active("insert.start"):
+            return self._open().insert_jobs(batch, conn)
+        with observe_insert(batch) as done:
+            return done(self._open().insert_jobs(batch, conn))
 
     def complete_job(self, job: Job, *, conn: psycopg.Connection[Any]) -> bool:
         """Mark the running `job` completed inside the caller's transaction (see

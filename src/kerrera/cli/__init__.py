@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete finished jobs older than this many seconds (7 days); 0 keeps them",
     )
     start.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs kerrera[prometheus]), e.g. 9464",
+    )
+    start.add_argument(
+        "--metrics-addr",
+        default="0.0.0.0",
+        help="address the metrics server binds to (0.0.0.0)",
+    )
+    start.add_argument(
         "--reindex-schedule",
         default="@daily",
         help="cron expression (UTC) for rebuilding indexes; 'never' to skip",
@@ -242,7 +253,16 @@ async def _start(args: argparse.Namespace) -> int:
         prune_max_age=args.prune_max_age or None,
         reindex_schedule=None if args.reindex_schedule == "never" else args.reindex_schedule,
     )  # fmt: skip
-    await run_until_signalled(app)
+    metrics = None
+    if args.metrics_port is not None:
+        from kerrera.telemetry.prometheus import serve
+
+        metrics = serve(app, args.metrics_port, addr=args.metrics_addr)
+    try:
+        await run_until_signalled(app)
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kerrera import telemetry
 from kerrera._backoff import reconnect_backoff
 from kerrera._events import job_entry
 from kerrera._job import Job
@@ -90,6 +92,9 @@ class Producer:
         #: cancelled, snoozed, released), since it started: `kerrera top` derives
         #: throughput from these counters in the heartbeats.
         self.counts: dict[str, int] = {}
+        # Jobs still running when a stop's grace period ended (for `queue.shutdown`).
+        self._left_running = 0
+        self._left_ids: list[int] = []
         # Publishes job starts and outcomes while someone subscribes (None: never).
         self._events = events
 
@@ -158,11 +163,29 @@ class Producer:
         task = self._task
         if task is None:
             return 0
+        began = time.perf_counter()
+        try:
+            released = await self._stop(task, grace, abandon_threads)
+        finally:
+            if telemetry.active("queue.shutdown"):
+                took = time.perf_counter() - began
+                telemetry.execute(
+                    "queue.shutdown",
+                    {"running": self._left_running, "released": self._left_running,
+                     "duration": took},
+                    {"queue": self.queue, "node": self.node, "producer": self.uuid,
+                     "job_ids": self._left_ids, "clean": self.clean},
+                )  # fmt: skip
+        return released
+
+    async def _stop(self, task: asyncio.Task[None], grace: float, abandon_threads: bool) -> int:
         released = 0
         try:
             await asyncio.wait_for(asyncio.shield(task), grace)
         except TimeoutError:
             released = len(self.running)
+            self._left_running = released
+            self._left_ids = sorted(self.running)
             log.warning(
                 "queue %s: %d job(s) still running after %.1fs; releasing them",
                 self.queue,
@@ -211,6 +234,15 @@ class Producer:
                 continue
             acks, self._acks = self._acks, AckBatch()
             self._cycle_task = asyncio.create_task(self._cycle(demand, acks))
+
+    def _observe_cycle(self, began: float, demand: int, fetched: int, acked: int) -> None:
+        took = time.perf_counter() - began
+        where = {"queue": self.queue, "node": self.node, "producer": self.uuid}
+        if demand:
+            measurements = {"count": fetched, "demand": demand, "duration": took}
+            telemetry.execute("producer.fetch", measurements, where)
+        if acked:
+            telemetry.execute("producer.ack", {"count": acked, "duration": took}, where)
 
     async def _ack_separately(self, acks: AckBatch) -> None:
         batches = [
@@ -333,8 +365,11 @@ class Producer:
                         self.queue,
                         reclaimed,
                     )
+            began = time.perf_counter() if telemetry.active("producer.fetch") else 0.0
             jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
             self._failures = 0
+            if began:
+                self._observe_cycle(began, demand, len(jobs), len(acks))
             if self._events is not None and (acks.notes or (jobs and self._events.watched)):
                 # Before the jobs start, so a subscriber hears `started` before progress.
                 await self._events.publish(self.queue, self.node, acks.notes, jobs)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from kerrera import telemetry
 from kerrera._cron_entries import CronEntry
 from kerrera._crontab import ticks
 from kerrera._job import Job
@@ -69,7 +70,16 @@ class Cron(Background):
             now += timedelta(seconds=delay)
 
     async def evaluate_once(self) -> tuple[list[Job], datetime]:
-        """Insert every tick owed now; return the jobs inserted and the database time."""
+        """Insert every tick owed now; return the jobs inserted and the database time
+        (and emit the `cron` event)."""
+        meta: dict[str, object] = {"node": self._leadership.node, "jobs": []}
+        with telemetry.timed("cron", meta) as measurements:
+            inserted, now = await self._evaluate()
+            meta["jobs"] = inserted
+            measurements["count"] = len(inserted)
+        return inserted, now
+
+    async def _evaluate(self) -> tuple[list[Job], datetime]:
         timed = [e for e in self.entries if not e.expression.reboot]
         saved: list[Job] = []
         if timed:

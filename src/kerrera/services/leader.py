@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from kerrera import telemetry
 from kerrera.engine.base import Engine
 from kerrera.services._every import Background
 
@@ -85,7 +86,10 @@ class Leadership(Background):
     async def elect_once(self) -> bool:
         """One election: take or renew the lease. Returns whether this node leads."""
         asked = time.monotonic()
-        won = await self._engine.elect_leader(self.name, self.node, self.started_at, self.lease)
+        meta = {"node": self.node, "was_leader": self._leading, "leader": False}
+        with telemetry.timed("leader.election", meta):
+            won = await self._engine.elect_leader(self.name, self.node, self.started_at, self.lease)
+            meta["leader"] = won
         if won:
             self._valid_until = asked + self.lease
         self._set(won)

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from kerrera import telemetry
 from kerrera.engine.base import Engine
 from kerrera.services._every import run_every
 
@@ -29,8 +30,9 @@ class Lifeline:
     def __init__(
         self, engine: Engine, producers: Callable[[], Sequence[tuple[str, str, str, str]]], *,
         heartbeat_interval: float = 10.0, producer_ttl: float = 30.0,
-        rescue_interval: float = 15.0, rescue_after: float = 3600.0,
+        rescue_interval: float = 15.0, rescue_after: float = 3600.0, node: str = "",
     ) -> None:  # fmt: skip
+        self.node = node
         self._engine = engine
         self._producers = producers
         self.heartbeat_interval = heartbeat_interval
@@ -79,8 +81,11 @@ class Lifeline:
             await self._engine.heartbeat(producers)
 
     async def rescue_once(self) -> int:
-        """Rescue what can be rescued now; return how many jobs."""
-        rescued, expired = await self._engine.rescue_jobs(self.producer_ttl, self.rescue_after)
+        """Rescue what can be rescued now; return how many jobs (and emit the
+        `lifeline` event)."""
+        with telemetry.timed("lifeline", {"node": self.node}) as measurements:
+            rescued, expired = await self._engine.rescue_jobs(self.producer_ttl, self.rescue_after)
+            measurements.update(rescued=rescued, expired=expired)
         if rescued or expired:
             log.warning("lifeline: %d producer(s) expired, %d job(s) rescued", expired, rescued)
         return rescued

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
+from kerrera import telemetry
 from kerrera.engine.base import Engine
 from kerrera.services._every import Background, run_every
 from kerrera.services.leader import Leadership
@@ -43,13 +44,16 @@ class Pruner(Background):
     async def prune_once(self) -> dict[str, int]:
         """Prune batch after batch until one comes back short; return counts by state."""
         total: dict[str, int] = {}
-        while self._leadership.is_leader:
-            counts = await self._engine.prune_jobs(self.max_age, self.limit)
-            for state, n in counts.items():
-                total[state] = total.get(state, 0) + n
-            if sum(counts.values()) < self.limit:
-                break
-            await asyncio.sleep(0)  # let the node's own work in between batches
+        meta = {"node": self._leadership.node, "states": total}
+        with telemetry.timed("pruner", meta) as measurements:
+            while self._leadership.is_leader:
+                counts = await self._engine.prune_jobs(self.max_age, self.limit)
+                for state, n in counts.items():
+                    total[state] = total.get(state, 0) + n
+                if sum(counts.values()) < self.limit:
+                    break
+                await asyncio.sleep(0)  # let the node's own work in between batches
+            measurements["count"] = sum(total.values())
         if total:
             log.info("pruned %s", total)
         return total

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from kerrera import telemetry
 from kerrera._crontab import CronExpression, next_tick
 from kerrera.engine.base import Engine
 from kerrera.services._every import Background
@@ -46,8 +47,15 @@ class Reindexer(Background):
 
     async def reindex_once(self) -> list[str]:
         """Drop leftovers of interrupted rebuilds, then rebuild every index; return the
-        names rebuilt."""
-        rebuilt = []
+        names rebuilt (and emit the `reindexer` event)."""
+        rebuilt: list[str] = []
+        meta = {"node": self._leadership.node, "indexes": rebuilt}
+        with telemetry.timed("reindexer", meta) as measurements:
+            await self._reindex(rebuilt)
+            measurements["count"] = len(rebuilt)
+        return rebuilt
+
+    async def _reindex(self, rebuilt: list[str]) -> None:
         for name, leftover in await self._engine.job_indexes():
             if leftover:
                 await self._engine.rebuild_index(name, drop=True)
@@ -57,4 +65,3 @@ class Reindexer(Background):
                 await self._engine.rebuild_index(name)
                 rebuilt.append(name)
         log.info("rebuilt %d index(es)", len(rebuilt))
-        return rebuilt

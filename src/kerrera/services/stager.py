@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from kerrera import telemetry
 from kerrera.engine.base import Engine
 from kerrera.services._every import Background, run_every
 
@@ -25,7 +26,9 @@ class Stager(Background):
     def __init__(
         self, engine: Engine, on_staged: Callable[[str], None], *,
         interval: float = 1.0, limit: int = 5000, should_run: Callable[[], bool] = lambda: True,
+        node: str = "",
     ) -> None:  # fmt: skip
+        self.node = node
         self._engine = engine
         self._should_run = should_run
         self._on_staged = on_staged
@@ -40,12 +43,16 @@ class Stager(Background):
             await self.stage_once()
 
     async def stage_once(self) -> dict[str, int]:
-        """Stage until fewer than `limit` jobs were due; return counts by queue."""
+        """Stage until fewer than `limit` jobs were due; return counts by queue (and emit
+        the `stager` event)."""
         total: dict[str, int] = {}
-        while True:
-            staged = await self._engine.stage_jobs(self.limit)
-            for queue, n in staged.items():
-                total[queue] = total.get(queue, 0) + n
-                self._on_staged(queue)
-            if sum(staged.values()) < self.limit:
-                return total
+        meta = {"node": self.node, "queues": total}
+        with telemetry.timed("stager", meta) as measurements:
+            while True:
+                staged = await self._engine.stage_jobs(self.limit)
+                for queue, n in staged.items():
+                    total[queue] = total.get(queue, 0) + n
+                    self._on_staged(queue)
+                if sum(staged.values()) < self.limit:
+                    measurements["count"] = sum(total.values())
+                    return total
