@@ -41,9 +41,9 @@ def _env() -> dict[str, str]:
 class Node:
     """One `kerrera` process; its stderr is collected line by line by a thread."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], *, program: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [str(KERRERA), *args], env=_env(), stdin=subprocess.DEVNULL,
+            [*(program or [str(KERRERA)]), *args], env=_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self._lines: list[str] = []

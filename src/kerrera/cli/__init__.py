@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete finished jobs older than this many seconds (7 days); 0 keeps them",
     )
     start.add_argument(
+        "--log-events",
+        action="store_true",
+        help="log each job outcome and service run as one JSON object per line (stderr)",
+    )
+    start.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -253,6 +258,8 @@ async def _start(args: argparse.Namespace) -> int:
         prune_max_age=args.prune_max_age or None,
         reindex_schedule=None if args.reindex_schedule == "never" else args.reindex_schedule,
     )  # fmt: skip
+    if args.log_events:
+        _log_events()
     metrics = None
     if args.metrics_port is not None:
         from kerrera.telemetry.prometheus import serve
@@ -264,6 +271,19 @@ async def _start(args: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.close()
     return 0
+
+
+def _log_events() -> None:
+    """JSON lines on stderr, undecorated, whatever the rest of the logging looks like."""
+    from kerrera import telemetry
+
+    events = logging.getLogger("kerrera.events")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    events.addHandler(handler)
+    events.setLevel(logging.INFO)
+    events.propagate = False
+    telemetry.attach_default_logger(logging.INFO)
 
 
 async def run_until_signalled(app: Any) -> None:
