@@ -12,7 +12,7 @@ import psycopg
 
 from kerrera import _json, telemetry
 from kerrera._config import Config
-from kerrera._context import _CURRENT
+from kerrera._context import _CURRENT, set_last_started
 from kerrera._control import QueueControl, addressed_to, queue_command
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
@@ -30,6 +30,8 @@ from kerrera.notifier import IsolatedNotifier, Notifier, PostgresNotifier
 from kerrera.queue import DaemonThreadPool, Executor, Producer
 from kerrera.services import Cron, Leadership, Lifeline, Pruner, Reindexer, Stager
 from kerrera.services.leader import PEER_NAME
+from kerrera.testing._mode import current_mode
+from kerrera.testing._runner import Runner
 
 log = logging.getLogger("kerrera")
 
@@ -72,6 +74,8 @@ class Kerrera(InspectMixin):
       reindex_schedule ("@daily", UTC): when to rebuild the jobs indexes; None: never.
       progress_interval (0.25 s): a running job's `progress()` is written and published
         at most this often (the latest report always lands); 0 writes every report.
+      testing (None): "inline" runs every inserted job at once in the caller, "manual"
+        only inserts; either way no queues or services run (see `kerrera.testing`).
 
     Example:
         app = Kerrera(queues={"default": 10, "media": 2})
@@ -108,6 +112,7 @@ class Kerrera(InspectMixin):
         prune_limit: int = 10_000,
         reindex_schedule: str | None = "@daily",
         progress_interval: float = 0.25,
+        testing: str | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -122,6 +127,7 @@ class Kerrera(InspectMixin):
             crontab=crontab or (), cron_catch_up=cron_catch_up, prune_max_age=prune_max_age,
             prune_interval=prune_interval, prune_limit=prune_limit,
             reindex_schedule=reindex_schedule, progress_interval=progress_interval,
+            testing=testing,
         )  # fmt: skip
         self.node = self.config.node
         self.producers: dict[str, Producer] = {}
@@ -139,6 +145,7 @@ class Kerrera(InspectMixin):
         self._sync: SyncKerrera | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hub: Hub | None = None
+        self._inline: Runner | None = None
         self._events: NodeEvents | None = None
         #: The loop this node runs on (set by `start`), for sync workers' calls into it.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -191,8 +198,9 @@ class Kerrera(InspectMixin):
         self._running = True
         self.loop = asyncio.get_running_loop()
         _CURRENT.set(self)  # tasks created from here on (producers, jobs) inherit it
+        set_last_started(self)
         c = self.config
-        if not c.queues and not c.crontab:
+        if (not c.queues and not c.crontab) or self.testing_mode is not None:
             return
         self._threads = DaemonThreadPool(c.threads)
         self._executor = Executor(self._threads, self.node)
@@ -313,6 +321,13 @@ class Kerrera(InspectMixin):
         for producer in self._all_producers():
             producer.hurry()
 
+    async def _close_connections_async_only(self) -> None:
+        """Close the async engine (not the sync face): it was opened on a loop that is
+        about to end (a sync inline job that used the async API)."""
+        if self._engine is not None:
+            await self._engine.close()
+            self._engine = None
+
     async def _close_connections(self) -> None:
         if self._hub is not None:
             await self._hub.close()
@@ -349,6 +364,8 @@ class Kerrera(InspectMixin):
         if not batch:
             return []
         engine = await self._open()
+        if self.testing_mode == "inline":
+            return await self._runner().insert_inline(batch, conn)
         if not telemetry.active("insert") and not telemetry.active("insert.start"):
             return await engine.insert_jobs(batch, conn)
         with observe_insert(batch) as done:
@@ -480,6 +497,41 @@ class Kerrera(InspectMixin):
         """Unfinished jobs per queue and state, e.g. `{"media": {"available": 12,
         "executing": 2}}` (finished states are not counted: see `list_jobs`)."""
         return await (await self._open()).queue_depths()
+
+    # -- testing ------------------------------------------------------------------------
+    @property
+    def testing_mode(self) -> str | None:
+        """"inline", "manual" or None: the innermost `kerrera.testing.mode()` block's,
+        else the `testing` option."""
+        return current_mode(self.config.testing)
+
+    async def drain_queue(
+        self, queue: str, *, with_scheduled: bool = False, with_recursion: bool = False,
+        with_safety: bool = True,
+    ) -> dict[str, int]:  # fmt: skip
+        """Run `queue`'s available jobs now, one by one in the caller (whatever the
+        testing mode), and return counts by outcome: completed, retryable, discarded,
+        cancelled, snoozed.
+
+        `with_scheduled` first makes scheduled and retryable jobs available, due or not;
+        `with_recursion` keeps going until the queue is empty (jobs inserted by the jobs
+        run too, and with `with_scheduled` retries run until they succeed or are
+        discarded); `with_safety=False` re-raises a job's exception after recording it.
+
+        Example:
+            await app.insert(Mailer.new({"to": "a@b.c"}))
+            assert await app.drain_queue("mail") == {"completed": 1, ...}
+        """
+        check_queue(queue)
+        return await self._runner().drain(
+            queue, with_scheduled=with_scheduled, with_recursion=with_recursion,
+            with_safety=with_safety,
+        )  # fmt: skip
+
+    def _runner(self) -> Runner:
+        if self._inline is None:
+            self._inline = Runner(self)
+        return self._inline
 
     # -- events -------------------------------------------------------------------------
     def subscribe(self, *targets: int | str) -> Subscription:

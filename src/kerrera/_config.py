@@ -15,6 +15,7 @@ from kerrera._crontab import CronExpression
 from kerrera._errors import ConfigError
 from kerrera._options import check_queue
 from kerrera.engine.statements import check_prefix
+from kerrera.testing._mode import check_mode
 
 #: Longer would make a new leader insert weeks of missed ticks at once.
 CRON_CATCH_UP_MAX = 7 * 86400.0
@@ -51,6 +52,7 @@ class Config:
     prune_limit: int = 10_000
     reindex_schedule: Any = "@daily"
     progress_interval: float = 0.25
+    testing: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -87,6 +89,7 @@ class Config:
             raise ConfigError(f"option 'data_dir' must be a path, got {self.data_dir!r}")
         if not isinstance(self.leader, bool):
             raise ConfigError(f"option 'leader' must be True or False, got {self.leader!r}")
+        check_mode(self.testing)
         for name in ("leader_lease", "cron_catch_up", "prune_interval", "progress_interval"):
             zero_ok = name in ("cron_catch_up", "progress_interval")
             _check_seconds(name, getattr(self, name), allow_zero=zero_ok)

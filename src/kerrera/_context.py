@@ -4,12 +4,26 @@ the one running it)."""
 from __future__ import annotations
 
 import contextvars
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kerrera._app import Kerrera
 
 _CURRENT: contextvars.ContextVar[Kerrera] = contextvars.ContextVar("kerrera_app")
+# The instance started most recently in this process, for helpers called from a context
+# that did not start it (a test whose fixture started the app in another task).
+_LAST: list[weakref.ReferenceType[Kerrera]] = []
+
+
+def set_last_started(app: Kerrera) -> None:
+    """Remember `app` as the instance started most recently."""
+    _LAST[:] = [weakref.ref(app)]
+
+
+def last_started() -> Kerrera | None:
+    """The instance started most recently in this process, if it still exists."""
+    return _LAST[0]() if _LAST else None
 
 
 def current_app() -> Kerrera:

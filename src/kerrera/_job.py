@@ -5,11 +5,21 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from kerrera._progress import Progress
     from kerrera._unique import Unique
+
+
+class ProgressSink(Protocol):
+    """Takes a running job's progress reports (the throttled writer, or a recorder in
+    tests)."""
+
+    async def report(self, entry: dict[str, Any]) -> None:
+        """Take one report."""
+
+    async def flush(self) -> None:
+        """Write whatever is held back (the job is ending)."""
 
 
 class JobState(enum.StrEnum):
@@ -75,8 +85,8 @@ class Job:
     unique: Unique | None = field(default=None, repr=False)
     #: Set by the node running the job when it was cancelled (see `cancelled()`).
     cancel_requested: bool = field(default=False, repr=False)
-    #: Progress reported while running and not yet written (see `progress()`).
-    progress_state: Progress | None = field(default=None, repr=False)
+    #: Where this running job's `progress()` reports go (set on its first report).
+    progress_state: ProgressSink | None = field(default=None, repr=False)
 
     def cancelled(self) -> bool:
         """True once this running job was cancelled (`cancel_job`, from any node). A sync

@@ -71,6 +71,10 @@ class SyncKerrera:
         batch = check_jobs(jobs)
         if not batch:
             return []
+        if self._app.testing_mode == "inline":
+            from kerrera.testing._runner import insert_inline_sync
+
+            return insert_inline_sync(self._app, batch, conn)
         if not telemetry.active("insert") and not telemetry.active("insert.start"):
             return self._open().insert_jobs(batch, conn)
         with observe_insert(batch) as done:

@@ -27,6 +27,7 @@ from kerrera._options import (
     check_tags,
     check_timeout,
 )
+from kerrera._typed_args import ArgsModel, from_signature, takes_args, typed_function, typed_method
 from kerrera._unique import Unique
 
 
@@ -40,6 +41,7 @@ class WorkerOptions:
     tags: tuple[str, ...] = ()
     timeout: float | None = None
     unique: Unique | None = None
+    args: ArgsModel | None = None
 
     @classmethod
     def build(cls, base: WorkerOptions, **given: Any) -> WorkerOptions:
@@ -57,6 +59,8 @@ class WorkerOptions:
             checked["timeout"] = check_timeout(given["timeout"])
         if given.get("unique") is not None:
             checked["unique"] = Unique.coerce(given["unique"])
+        if given.get("args") is not None:
+            checked["args"] = ArgsModel.coerce(given["args"])
         return replace(base, **checked)
 
 
@@ -83,8 +87,10 @@ class Worker:
     Options are given as class keywords and inherited by subclasses:
     `queue` ("default"), `max_attempts` (20), `priority` (0, first, to 9), `tags` (()),
     `timeout` (None: no limit, seconds otherwise), `unique` (None; see `Unique`: True, a
-    period in seconds, a dict of options or a `Unique`), `name` (the dotted path), `abstract`
-    (True for a base class that only shares options and is never run itself).
+    period in seconds, a dict of options or a `Unique`), `args` (a pydantic model or a
+    dataclass: `new()` validates args with it, and `process(self, job, args)` receives
+    the typed object), `name` (the dotted path), `abstract` (True for a base class that
+    only shares options and is never run itself).
     One instance per node runs every job of the worker: keep no per-job state on `self`.
 
     Example:
@@ -112,6 +118,7 @@ class Worker:
         tags: Sequence[str] | None = None,
         timeout: float | None = _INHERIT,
         unique: object = None,
+        args: object = None,
         name: str | None = None,
         abstract: bool = False,
         **kwargs: Any,
@@ -122,9 +129,13 @@ class Worker:
         cls.options = WorkerOptions.build(
             cls.options, queue=queue, max_attempts=max_attempts, priority=priority,
             tags=tags, timeout=timeout, unique=unique,
+            args=args if args is not None else from_signature(cls.process, skip=1),
         )  # fmt: skip
         cls.name = _check_name(name or f"{cls.__module__}.{cls.__qualname__}")
         cls.is_async = inspect.iscoroutinefunction(cls.process)
+        model = cls.options.args
+        if model is not None and takes_args(cls.process, skip=1):
+            cls.process = typed_method(cls.process, model, cls.name, cls.is_async)  # type: ignore[method-assign]
         _register(cls.name, cls)
 
     def process(self, job: Job) -> Awaitable[object] | object:
@@ -144,7 +155,7 @@ class Worker:
     @_ClassOrInstanceMethod
     def new(
         self_or_cls: Any,
-        args: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | Any | None = None,
         *,
         queue: str | None = None,
         priority: int | None = None,
@@ -163,6 +174,8 @@ class Worker:
         """
         opts: WorkerOptions = self_or_cls.options
         when, delay = check_schedule(scheduled_at, schedule_in)
+        if opts.args is not None:  # validated and stored as plain JSON
+            args = opts.args.dump({} if args is None else args, self_or_cls.name)
         return Job(
             state=JobState.SCHEDULED if (when or delay) else JobState.AVAILABLE,
             queue=opts.queue if queue is None else check_queue(queue),
@@ -192,6 +205,9 @@ class FunctionWorker(Worker, abstract=True):
         self.__wrapped__ = func
         # Bind the right flavour of `process` once, so dispatch costs a single call.
         self.process = func  # type: ignore[method-assign,assignment]
+        model = options.args
+        if model is not None and takes_args(func):
+            self.process = typed_function(func, model, name)  # type: ignore[method-assign,assignment]
 
     def __call__(self, job: Job) -> Any:
         return self.func(job)
@@ -209,9 +225,14 @@ def worker(
     tags: Sequence[str] | None = None,
     timeout: float | None = None,
     unique: object = None,
+    args: object = None,
     name: str | None = None,
 ) -> Any:
     """Make a worker of a function taking the job (async def, or def for a thread pool).
+
+    A function `(job, args: Model)` whose second parameter is annotated with a pydantic
+    model or a dataclass (or given `args=Model`) gets its args validated by `new()` and
+    receives them as that model.
 
     Example:
         @worker(queue="media", max_attempts=5, timeout=600)
@@ -226,6 +247,7 @@ def worker(
         options = WorkerOptions.build(
             WorkerOptions(), queue=queue, max_attempts=max_attempts, priority=priority,
             tags=tags, timeout=timeout, unique=unique,
+            args=args if args is not None else from_signature(fn),
         )  # fmt: skip
         qualname = getattr(fn, "__qualname__", getattr(fn, "__name__", "worker"))
         full = _check_name(name or f"{fn.__module__}.{qualname}")

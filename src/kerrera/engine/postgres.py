@@ -28,6 +28,7 @@ from kerrera.engine.statements import (
     saved_jobs,
     split_due,
 )
+from kerrera.engine.testing import TestingQueries
 from kerrera.engine.unique import insert_unique
 
 log = logging.getLogger("kerrera.engine")
@@ -59,7 +60,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     _json.configure(conn)
 
 
-class PostgresEngine(InspectQueries):
+class PostgresEngine(InspectQueries, TestingQueries):
     """Runs every statement of Kerrera against PostgreSQL through one async pool.
 
     Connections are in autocommit mode: each statement is its own transaction, which is
@@ -249,8 +250,8 @@ class PostgresEngine(InspectQueries):
             await cur.execute(self.sql["complete_job"], {"id": job_id, "attempt": attempt})
             return await cur.fetchone() is not None
 
-    async def get_jobs(self, ids: Sequence[int]) -> list[Job]:
-        return await self._rows("get_jobs", {"ids": list(ids)})
+    async def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
+        return await self._rows("get_jobs", {"ids": list(ids)}, conn)
 
     async def retry_jobs(self, ids: Sequence[int]) -> list[Job]:
         params = {"ids": list(ids), "channel": self.sql.insert_channel}

@@ -28,10 +28,11 @@ from kerrera.engine.statements import (
     saved_jobs,
     split_due,
 )
+from kerrera.engine.testing import SyncTestingQueries
 from kerrera.engine.unique import insert_unique
 
 
-class SyncPostgresEngine:
+class SyncPostgresEngine(SyncTestingQueries):
     """Insert and manage jobs from synchronous code."""
 
     def __init__(self, dsn: str, prefix: str = "public", *, pool_size: int = 4) -> None:

@@ -52,11 +52,21 @@ class Executor:
         Progress the job reported but has not written yet is written before it returns.
         """
         if self.node is not None and telemetry.active("job.stop"):
-            return await observed(self, job, linger)
+            return (await observed(self, job, linger))[0]
         ack, _error = await self.run(job, linger)
         if job.progress_state is not None:
             await job.progress_state.flush()
         return ack
+
+    async def execute(self, job: Job) -> tuple[dict[str, Any] | None, BaseException | None]:
+        """`perform` that also returns the exception that failed the job (for the testing
+        helpers, which may re-raise it)."""
+        if self.node is not None and telemetry.active("job.stop"):
+            return await observed(self, job, None)
+        result = await self.run(job)
+        if job.progress_state is not None:
+            await job.progress_state.flush()
+        return result
 
     async def run(
         self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 async def observed(
     executor: Executor, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None
-) -> dict[str, Any] | None:
-    """`executor.perform(job)`, emitting the job events around it."""
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """`executor.run(job)`, emitting the job events around it."""
     meta = job_metadata(job, executor.node or "")
     wait = queue_time(job)
     telemetry.execute("job.start", {"system_time": time.time(), "queue_time": wait}, meta)
@@ -42,7 +42,7 @@ async def observed(
         telemetry.execute("job.exception", dict(took), {**meta, **failure_metadata(ack, error)})
     result = ack["meta"].get("return") if ack is not None and "meta" in ack else None
     telemetry.execute("job.stop", took, {**meta, "state": state, "result": result})
-    return ack
+    return ack, error
 
 
 def job_metadata(job: Job, node: str) -> dict[str, Any]:
