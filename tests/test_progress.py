@@ -228,3 +228,24 @@ async def test_no_job_events_are_published_while_nobody_watches(
             job = await app.insert(scripted.Scripted.new({"do": "ok"}))
             got = await _collect(events, job.id)
         assert [e.kind for e in got] == ["started", "completed"]
+
+
+async def test_a_job_that_ends_unseen_still_ends_its_subscription(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node never hears that anyone watches (as when a job ends before the first
+    # announcement reaches it): the subscription reads the end from the table.
+    from kerrera._pubsub import Watched
+
+    monkeypatch.setattr(Watched, "heard", lambda self: None)
+    app = make_app(queues={"default": 2})
+    async with app:
+        job = await app.insert(scripted.Scripted.new({"do": "block", "key": "unseen"}))
+        await eventually(lambda: app.check_queue("default")["running"] == 1)
+        async with app.subscribe(job.id) as events:
+            first = await asyncio.wait_for(anext(events), 5)
+            scripted.gate("unseen").set()
+            last = await asyncio.wait_for(anext(events), 10)
+    assert (first.kind, first.state) == ("snapshot", "executing")
+    assert (last.kind, last.state, last.job_id) == ("completed", "completed", job.id)
+    assert last.finished

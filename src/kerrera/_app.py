@@ -493,11 +493,6 @@ class Kerrera(InspectMixin):
             out.append(info)
         return out
 
-    async def queue_depths(self) -> dict[str, dict[str, int]]:
-        """Unfinished jobs per queue and state, e.g. `{"media": {"available": 12,
-        "executing": 2}}` (finished states are not counted: see `list_jobs`)."""
-        return await (await self._open()).queue_depths()
-
     # -- testing ------------------------------------------------------------------------
     @property
     def testing_mode(self) -> str | None:

@@ -20,6 +20,9 @@ MAX_LIST = 10_000
 #: Jobs per statement of a bulk action: small enough that each one is a short
 #: transaction holding few row locks, large enough that round trips do not dominate.
 BULK_CHUNK = 1_000
+#: Retries take smaller chunks: the retry statement checks each job's unique key against
+#: the other jobs retried with it, a cost that grows with the square of the chunk.
+RETRY_CHUNK = 200
 
 _STATES = tuple(s.value for s in JobState)
 
@@ -81,14 +84,15 @@ class InspectMixin:
         """`retry_job` for every job matching the filters (executing ones are skipped);
         returns how many were retried. At least one filter is required, or
         `all_jobs=True`. Jobs inserted after the call started are left alone; the work is
-        done in chunks of 1,000 ids, reporting `on_progress(done, total)` after each.
+        done in chunks of ids (each its own transaction), reporting `on_progress(done,
+        total)` after each.
 
         Example:
             n = await app.retry_jobs_where(state="discarded", worker="myapp.jobs.Mailer")
         """
         engine = await self._open()
         where = _bulk_filter("retry_jobs_where", state, queue, worker, all_jobs)
-        return await act_on_matching(engine, engine.retry_jobs, where, on_progress)
+        return await act_on_matching(engine, engine.retry_jobs, where, on_progress, RETRY_CHUNK)
 
     async def cancel_jobs_where(
         self: _App, *, state: Names = None, queue: Names = None, worker: Names = None,

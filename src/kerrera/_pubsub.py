@@ -11,6 +11,7 @@ this. Progress is always published, since a job reports it on purpose.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kerrera._errors import ConfigError
-from kerrera._events import Event, decode, job_batches, job_entry, short_error
+from kerrera._events import KIND_OF_STATE, Event, decode, job_batches, job_entry, short_error
 from kerrera._job import Job
 from kerrera.notifier import PostgresNotifier
 
@@ -37,6 +38,9 @@ WATCH_TTL = 3 * WATCH_EVERY
 #: not grow memory without bound).
 BUFFER = 10_000
 WATCH_MESSAGE = '{"action":"watch"}'
+#: Seconds after a subscription opens before the table is checked for subscribed jobs
+#: that ended unseen (then again every WATCH_EVERY).
+CATCH_UP_FIRST = 1.0
 
 Target = int | str
 
@@ -51,6 +55,7 @@ class Subscription:
         self.targets = targets
         self._opened = False
         self._ids = {t for t in targets if isinstance(t, int)}
+        self._ended: set[int] = set()  # job ids whose last event was delivered
         self._names = {t for t in targets if isinstance(t, str)}
         self._all = "*" in self._names
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -68,8 +73,17 @@ class Subscription:
             or f"jobs:{event.job_id}" in self._names
         )
 
+    @property
+    def waiting_for(self) -> set[int]:
+        """Job ids subscribed to whose end has not been delivered yet."""
+        return self._ids - self._ended
+
     def put(self, event: Event) -> None:
         """Deliver `event` (called by the hub)."""
+        if event.finished and event.job_id is not None:
+            if event.job_id in self._ended and event.kind != "snapshot":
+                return  # already ended (by a catch-up): never twice
+            self._ended.add(event.job_id)
         if self._queue.qsize() >= BUFFER:
             self._queue.get_nowait()
             self.dropped += 1
@@ -199,10 +213,33 @@ class Hub:
             log.warning("could not announce subscriptions (%s)", exc)
 
     async def _keep_watching(self) -> None:
+        # The first catch-up comes soon: a job that ended before the nodes heard the
+        # first announcement published no event, so its end is read from the table.
+        await asyncio.sleep(CATCH_UP_FIRST)
+        await self._catch_up()
         while self._subs:
             await asyncio.sleep(WATCH_EVERY)
             if self._subs:
                 await self._announce()
+                await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Deliver the end of subscribed jobs that finished without an event reaching us
+        (published before any node knew we watch, or while we were disconnected)."""
+        waiting = {job_id: sub for sub in list(self._subs) for job_id in sub.waiting_for}
+        if not waiting or self._engine is None:
+            return
+        try:
+            jobs = await self._engine.get_jobs(sorted(waiting))
+        except Exception as exc:  # the next round tries again
+            log.warning("could not check subscribed jobs (%s)", exc)
+            return
+        for job in jobs:
+            if job.state.terminal:
+                event = dataclasses.replace(snapshot(job), kind=KIND_OF_STATE[str(job.state)])
+                for sub in list(self._subs):
+                    if job.id in sub.waiting_for:
+                        sub.put(event)
 
 
 def snapshot(job: Job) -> Event:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from kerrera._job import Job
 
 FIELDS = ("args", "meta", "queue", "worker")
+#: Meta keys that say how a job travelled, not what it is: never part of a unique key
+#: (a trace context differs per insert, and would make every job unique).
+UNKEYED = frozenset({"otel", "progress"})
 REPLACEABLE = (
     "args",
     "max_attempts",
@@ -144,7 +147,9 @@ class Unique:
                 value = {
                     k: v
                     for k, v in (value or {}).items()
-                    if not k.startswith("uniq_") and (self.keys is None or k in self.keys)
+                    if k not in UNKEYED
+                    and not k.startswith("uniq_")
+                    and (self.keys is None or k in self.keys)
                 }
             parts[name] = value
         blob = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)

@@ -186,7 +186,9 @@ class Worker:
             else check_max_attempts(max_attempts),
             priority=opts.priority if priority is None else check_priority(priority),
             tags=list(opts.tags) if tags is None else check_tags(tags),
-            meta=check_json_object({} if meta is None else meta, "meta"),
+            # A copy: the job's meta is written to (unique keys, trace context, progress),
+            # and the caller's dict, perhaps shared by many jobs, must not change with it.
+            meta=dict(check_json_object({} if meta is None else meta, "meta")),
             scheduled_at=when,
             schedule_in=delay,
             unique=opts.unique if unique is None else Unique.coerce(unique),

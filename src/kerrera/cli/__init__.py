@@ -262,8 +262,10 @@ async def _start(args: argparse.Namespace) -> int:
         _log_events()
     metrics = None
     if args.metrics_port is not None:
-        from kerrera.telemetry.prometheus import serve
-
+        try:
+            from kerrera.telemetry.prometheus import serve
+        except ImportError as exc:  # the optional extra is missing: say so in one line
+            raise ConfigError(f"option '--metrics-port': {exc}") from None
         metrics = serve(app, args.metrics_port, addr=args.metrics_addr)
     try:
         await run_until_signalled(app)

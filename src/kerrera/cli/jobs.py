@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerrera import _json
 from kerrera._errors import ConfigError
-from kerrera._inspect import BULK_CHUNK
+from kerrera._inspect import BULK_CHUNK, RETRY_CHUNK
 from kerrera._job import Job
 from kerrera.cli._render import Output, job_dict, progress, state_cell, when
 
@@ -93,6 +94,11 @@ async def run(args: argparse.Namespace) -> int:
         if args.action == "show":
             return await _show(app, args.id, out, as_json=args.json)
         return await _act(app, args, out)
+    except asyncio.CancelledError:  # Ctrl-C: asyncio cancels the command's task
+        if args.action in ACTIONS:
+            done = ACTIONS[args.action]
+            print(f"kerrera: interrupted; the jobs already {done} stay so", file=sys.stderr)
+        return 130
     finally:
         await app.stop()
 
@@ -148,14 +154,16 @@ def show_job(out: Output, job: Job) -> None:
         ("attempted by", " ".join([by[0], f"(producer {by[1]})"] if len(by) > 1 else by) or "-"),
     ]  # fmt: skip
     for name, value in fields:
-        out.line(f"  {name:<13}{value}")
+        out.line(f"  {name:<14}{value}")
     for title, data in (("args", job.args), ("meta", job.meta)):
         out.line(title, style="bold")
         for line in json.dumps(data, indent=2, ensure_ascii=False, default=str).splitlines():
             out.line(f"  {line}")
     out.line(f"errors ({len(job.errors)})", style="bold")
     for error in job.errors:
-        out.line(f"  attempt {error.get('attempt', '?')} at {error.get('at', '?')}", "yellow")
+        at = _parse_at(error.get("at"))
+        stamp = when(at, precise=True) if at is not None else str(error.get("at", "?"))
+        out.line(f"  attempt {error.get('attempt', '?')} at {stamp}", style="yellow")
         for line in str(error.get("error", "")).rstrip().splitlines():
             out.line(f"    {line}")
     out.line("timeline (UTC)", style="bold")
@@ -170,7 +178,8 @@ def timeline(job: Job) -> list[tuple[datetime, str]]:
     if job.inserted_at is not None:
         events.append((job.inserted_at, "inserted"))
     if job.scheduled_at is not None and job.scheduled_at != job.inserted_at:
-        events.append((job.scheduled_at, "due"))
+        label = "retry due" if job.state == "retryable" else "due"
+        events.append((job.scheduled_at, label))
     for error in job.errors:
         at = _parse_at(error.get("at"))
         if at is not None:
@@ -199,23 +208,23 @@ async def _act(app: Kerrera, args: argparse.Namespace, out: Output) -> int:
     verb = args.action
     ids = list(dict.fromkeys(args.ids))  # each id once, in the order given
     filtered = args.state or args.queue or args.worker or args.all_jobs
+    filters = "filters (--state, --queue, --worker) or --all"
     if ids and filtered:
-        raise ConfigError(f"jobs {verb}: give job ids or filters (--state, --queue, --worker, "
-                          "--all), not both")  # fmt: skip
+        raise ConfigError(f"jobs {verb}: give job ids or {filters}, not both")
     if not ids and not filtered:
-        raise ConfigError(f"jobs {verb}: give job ids, filters (--state, --queue, --worker) "
-                          "or --all")  # fmt: skip
+        raise ConfigError(f"jobs {verb}: give job ids, or {filters}")
     if not ids:
         return await _act_on_matching(app, args, out)
     call: Callable[[Sequence[int]], Awaitable[list[Job]]] = {
         "retry": app.retry_job, "cancel": app.cancel_job, "delete": app.delete_job,
     }[verb]  # fmt: skip
     changed: list[Job] = []
+    size = RETRY_CHUNK if verb == "retry" else BULK_CHUNK
     with progress(verb) as report:
-        for start in range(0, len(ids), BULK_CHUNK):
-            changed += await call(ids[start : start + BULK_CHUNK])
+        for start in range(0, len(ids), size):
+            changed += await call(ids[start : start + size])
             if report is not None:
-                report(min(start + BULK_CHUNK, len(ids)), len(ids))
+                report(min(start + size, len(ids)), len(ids))
     done = {job.id for job in changed}
     missed = [i for i in ids if i not in done]
     for note in await _why_not(app, verb, missed):

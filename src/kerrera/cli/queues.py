@@ -97,7 +97,7 @@ def _cells(row: dict[str, Any]) -> list[Cell]:
     waiting: Cell = (number("available"), "bold" if row.get("available") else "")
     paused = row.get("paused")
     flag: Cell = ("-", "") if paused is None else ("yes", "yellow") if paused else ("no", "")
-    node: Cell = (str(row["node"]), "") if row["node"] is not None else ("(no node)", "red")
+    node: Cell = (str(row["node"]), "") if row["node"] is not None else ("(none)", "red")
     return [
         str(row["queue"]), node, number("limit"), number("running"), waiting,
         number("scheduled"), number("retryable"), flag,

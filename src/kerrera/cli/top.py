@@ -3,15 +3,255 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+
+from kerrera._errors import ConfigError
+from kerrera.cli._render import Cell, Output, plain_table, rich_table
+from kerrera.cli.queues import queue_report
+
+if TYPE_CHECKING:
+    from kerrera._app import Kerrera
+
+T = TypeVar("T")
+#: Jobs per second per queue: (completed, failed).
+Rates = dict[str, tuple[float, float]]
+
+#: Producer outcomes counted as failures (`counts` in the heartbeats).
+FAILED = ("retryable", "discarded")
+HEAD = (
+    "QUEUE", "NODES", "LIMIT", "RUNNING", "AVAILABLE", "SCHEDULED", "RETRYABLE", "PAUSED",
+    "DONE/S", "FAILED/S",
+)  # fmt: skip
+NUMBERS = frozenset({1, 2, 3, 4, 5, 6, 8, 9})
 
 
 def add_parser(sub: Any, common: Any) -> None:
     """Register `kerrera top`."""
     parser = sub.add_parser("top", help="a live view of queues and throughput")
     common(parser)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (1)")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot (throughput measured over one interval) and exit",
+    )
+    parser.add_argument("--iterations", type=int, metavar="N", help="exit after N refreshes")
+
+
+@dataclass
+class Throughput:
+    """Jobs per second per queue, from the deltas of the producers' cumulative outcome
+    counters between two reports. A producer seen for the first time counts from zero
+    only if it started after the previous report (otherwise its totals span unknown
+    time); one that vanished is dropped, and a counter that went down (a restart under
+    the same id) counts from zero, so rates are never negative."""
+
+    _seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    _at: float | None = None
+    _db_at: datetime | None = None
+
+    def update(self, rows: list[dict[str, Any]], now: float) -> Rates | None:
+        """(completed/s, failed/s) per queue since the previous update (None the first
+        time: there is no baseline yet)."""
+        previous, elapsed, since = self._seen, None, self._db_at
+        if self._at is not None:
+            elapsed = now - self._at
+        self._seen, self._at = {}, now
+        totals: dict[str, list[int]] = {}
+        for row in rows:
+            if row.get("uuid") is None:
+                continue
+            counts = {k: v for k, v in (row.get("counts") or {}).items() if isinstance(v, int)}
+            self._seen[row["uuid"]] = counts
+            before = previous.get(row["uuid"])
+            if before is None and not _started_after(row, since):
+                continue
+            sums = totals.setdefault(row["queue"], [0, 0])
+            sums[0] += _delta(counts, before or {}, ("completed",))
+            sums[1] += _delta(counts, before or {}, FAILED)
+        stamps = [r["updated_at"] for r in rows if r.get("updated_at") is not None]
+        self._db_at = max(stamps, default=since)
+        if elapsed is None:
+            return None
+        if elapsed <= 0:
+            return {}
+        return {q: (done / elapsed, failed / elapsed) for q, (done, failed) in totals.items()}
+
+
+def _started_after(row: dict[str, Any], since: datetime | None) -> bool:
+    started = row.get("started_at")
+    return isinstance(started, datetime) and since is not None and started > since
+
+
+def _delta(now: dict[str, int], before: dict[str, int], keys: tuple[str, ...]) -> int:
+    total = 0
+    for key in keys:
+        a, b = now.get(key, 0), before.get(key, 0)
+        total += a - b if a >= b else a
+    return total
+
+
+def summarise(report: list[dict[str, Any]], rates: Rates | None) -> list[list[Cell]]:
+    """One row per queue: its nodes' limits and running jobs summed, its waiting jobs,
+    how many of its nodes are paused, and its rates ('-' before there is a baseline)."""
+    by_queue: dict[str, list[dict[str, Any]]] = {}
+    for row in report:
+        by_queue.setdefault(row["queue"], []).append(row)
+    rows: list[list[Cell]] = []
+    for queue, group in sorted(by_queue.items()):
+        nodes = [r for r in group if r["node"] is not None]
+        paused = sum(1 for r in nodes if r.get("paused"))
+        flag: Cell = (
+            ("-", "") if not nodes else ("no", "") if not paused
+            else ("yes", "yellow") if paused == len(nodes) else (f"{paused}/{len(nodes)}", "yellow")
+        )  # fmt: skip
+        done, failed = (rates or {}).get(queue, (0.0, 0.0))
+        first = group[0]
+        rows.append([
+            queue, str(len(nodes)), _total(nodes, "limit"), _total(nodes, "running"),
+            (str(first.get("available", 0)), "bold" if first.get("available") else ""),
+            str(first.get("scheduled", 0)), str(first.get("retryable", 0)), flag,
+            ("-", "") if rates is None else (f"{done:.1f}", "green" if done else ""),
+            ("-", "") if rates is None else (f"{failed:.1f}", "red" if failed else ""),
+        ])  # fmt: skip
+    return rows
+
+
+def _total(nodes: list[dict[str, Any]], key: str) -> str:
+    return str(sum(r.get(key) or 0 for r in nodes)) if nodes else "-"
+
+
+def headline(report: list[dict[str, Any]], rates: Rates | None) -> str:
+    """The line above the table: time, nodes, queues and the total rates."""
+    nodes = {r["node"] for r in report if r["node"] is not None}
+    queues = {r["queue"] for r in report}
+    stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
+    line = f"kerrera top  {stamp}  {len(nodes)} node(s), {len(queues)} queue(s)"
+    if rates is not None:
+        done = sum(r[0] for r in rates.values())
+        failed = sum(r[1] for r in rates.values())
+        line += f"  {done:.1f} jobs/s done, {failed:.1f} jobs/s failed"
+    return line
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Carry out `kerrera top ...`."""
-    raise NotImplementedError
+    """Carry out `kerrera top`; 0 also when interrupted with Ctrl-C."""
+    from kerrera._app import Kerrera
+
+    if not args.interval > 0:
+        raise ConfigError(f"option '--interval' must be > 0 seconds, got {args.interval}")
+    if args.iterations is not None and args.iterations < 1:
+        raise ConfigError(f"option '--iterations' must be >= 1, got {args.iterations}")
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        # Never migrate from here: a mistyped --prefix should fail, not create a schema.
+        app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir, migrate=False)
+        try:
+            await _watch(app, args, Output(), stop)
+        finally:
+            await app.stop()
+    return 0
+
+
+async def _watch(app: Kerrera, args: argparse.Namespace, out: Output, stop: asyncio.Event) -> None:
+    meter = Throughput()
+    # Nodes answer a report request within milliseconds; a dead node's row must not hold
+    # every refresh up for long.
+    fresh = min(0.5, args.interval / 2)
+
+    async def sample() -> tuple[list[dict[str, Any]], Rates | None]:
+        report = await queue_report(app, fresh=fresh)
+        return report, meter.update(report, time.monotonic())
+
+    first = await _unless(stop, sample())
+    if first is None:
+        return
+    if args.once:  # a rate needs two reports
+        if await _sleep(stop, args.interval):
+            return
+        second = await _unless(stop, sample())
+        if second is not None:
+            _print(out, *second)
+        return
+    live = Live(console=out.console, auto_refresh=False) if out.console is not None else None
+    shown = 0
+    with live if live is not None else contextlib.nullcontext():
+        snapshot = first
+        while True:
+            if live is not None:
+                live.update(_frame(*snapshot), refresh=True)
+            else:
+                _print(out, *snapshot)
+            shown += 1
+            if args.iterations is not None and shown >= args.iterations:
+                return
+            if await _sleep(stop, args.interval):
+                return
+            got = await _unless(stop, sample())
+            if got is None:
+                return
+            snapshot = got
+
+
+def _frame(report: list[dict[str, Any]], rates: Rates | None) -> Group:
+    table = rich_table(HEAD, summarise(report, rates), right=NUMBERS)
+    hint = Text("Ctrl-C to quit", style="dim")
+    return Group(Text(headline(report, rates), style="bold"), table, hint)
+
+
+def _print(out: Output, report: list[dict[str, Any]], rates: Rates | None) -> None:
+    if out.console is not None:
+        out.console.print(Text(headline(report, rates), style="bold"))
+        out.console.print(rich_table(HEAD, summarise(report, rates), right=NUMBERS))
+        return
+    out.stream.write(headline(report, rates) + "\n")
+    out.stream.write(plain_table(HEAD, summarise(report, rates), right=NUMBERS) + "\n\n")
+    out.stream.flush()
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`; True if asked to stop meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def _unless(stop: asyncio.Event, step: Awaitable[T]) -> T | None:
+    """`step`'s result, or None if asked to stop first (a slow database must not make
+    Ctrl-C wait)."""
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM into `stop`: the view ends cleanly, exit code 0."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # e.g. on Windows
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

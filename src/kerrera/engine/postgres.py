@@ -58,6 +58,9 @@ def _ack_params(acks: AckBatch) -> dict[str, Any]:
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     _json.configure(conn)
+    # Kerrera's statements are short, but some carry large cost estimates (a bulk retry's
+    # unique check); compiling them with JIT costs far more than running them.
+    await conn.execute("SET jit = off")
 
 
 class PostgresEngine(InspectQueries, TestingQueries):
@@ -373,14 +376,6 @@ class PostgresEngine(InspectQueries, TestingQueries):
             "channel": self.sql.events_channel, "payload": message,
         })  # fmt: skip
         return bool(rows)
-
-    async def queue_depths(self) -> dict[str, dict[str, int]]:
-        """Unfinished jobs by queue, then state (available, scheduled, retryable,
-        executing, suspended); states with no job are left out."""
-        depths: dict[str, dict[str, int]] = {}
-        for queue, state, count in await self._execute("queue_depths", {}):
-            depths.setdefault(queue, {})[state] = int(count)
-        return depths
 
     async def listen_connection(self) -> psycopg.AsyncConnection[Any]:
         """A dedicated connection for LISTEN (never pooled: it holds session state)."""

@@ -5,6 +5,7 @@ nothing for it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import traceback
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from kerrera._job import Job
 
 if TYPE_CHECKING:
     from kerrera.queue.executor import Executor
+
+log = logging.getLogger("kerrera.executor")
 
 
 async def observed(
@@ -29,7 +32,10 @@ async def observed(
     try:
         ack, error = await executor.run(job, linger)
         if job.progress_state is not None:
-            await job.progress_state.flush()
+            try:
+                await job.progress_state.flush()
+            except Exception:  # progress is informative: the job.stop below must come
+                log.exception("job %s: could not write its last progress", job.id)
     except asyncio.CancelledError:
         # Interrupted by the node: cancelled (cancel_job) or put back (shutdown).
         state = "cancelled" if job.cancel_requested else "released"

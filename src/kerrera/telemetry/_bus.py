@@ -52,9 +52,12 @@ _OURS = frozenset(name.split(".")[0] for name in EVENTS)
 
 _lock = threading.Lock()
 _attached: dict[str, tuple[tuple[str, ...], Handler]] = {}
-# Event name -> its handlers, built on first use; replaced (never mutated) on attach and
-# detach, so emitting reads it without a lock.
+# Event name -> its handlers, built on first use under the lock and emptied on attach and
+# detach; emitting reads it without the lock (a stale read sees a handler just detached
+# once more, never a half-built route).
 _routes: dict[str, tuple[tuple[str, Handler], ...]] = {}
+# A group of events -> whether any of them has a handler (see `any_active`).
+_groups: dict[tuple[str, ...], bool] = {}
 
 
 def attach(handler_id: str, events: str | Iterable[str], fn: Handler) -> None:
@@ -83,6 +86,7 @@ def attach(handler_id: str, events: str | Iterable[str], fn: Handler) -> None:
             raise ConfigError(f"telemetry handler {handler_id!r} is already attached")
         _attached[handler_id] = (names, fn)
         _routes.clear()
+        _groups.clear()
 
 
 def detach(handler_id: str) -> bool:
@@ -91,6 +95,7 @@ def detach(handler_id: str) -> bool:
         found = _attached.pop(handler_id, None) is not None
         if found:
             _routes.clear()
+            _groups.clear()
     return found
 
 
@@ -106,6 +111,14 @@ def active(event: str) -> bool:
     if route is None:
         route = _route(event)
     return bool(route)
+
+
+def any_active(events: tuple[str, ...]) -> bool:
+    """Whether any of `events` has a handler (one lookup for the whole group)."""
+    found = _groups.get(events)
+    if found is None:
+        found = _groups[events] = any(active(event) for event in events)
+    return found
 
 
 def execute(event: str, measurements: dict[str, Any], metadata: dict[str, Any]) -> None:

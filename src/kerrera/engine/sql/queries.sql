@@ -277,7 +277,8 @@ WITH retried AS (
   SET state = 'available', scheduled_at = timezone('UTC', now()),
       max_attempts = greatest(j.max_attempts, j.attempt + 1),
       completed_at = NULL, cancelled_at = NULL, discarded_at = NULL,
-      meta = CASE WHEN EXISTS (
+      -- (only unique jobs look: a plain retry of many jobs stays linear)
+      meta = CASE WHEN j.meta ? 'uniq_key' AND EXISTS (
                    SELECT 1 FROM {prefix}.oban_jobs o
                    WHERE o.meta ->> 'uniq_key' = j.meta ->> 'uniq_key' AND o.id <> j.id
                      AND ({uniq_pred:o.}
@@ -431,12 +432,6 @@ ORDER BY node, queue;
 -- name: db_now
 SELECT timezone('UTC', now());
 
--- name: queue_depths
--- Jobs not finished, by queue and state: the state-leading index keeps this cheap however
--- many finished jobs the table holds.
-SELECT queue, state::text, count(*) FROM {prefix}.oban_jobs
-WHERE state IN ('available', 'scheduled', 'retryable', 'executing', 'suspended')
-GROUP BY queue, state;
 
 -- name: write_progress
 -- A running job's latest progress, guarded like an ack; published only when written.
