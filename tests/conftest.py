@@ -4,12 +4,9 @@ a fresh schema per test, apps that are always stopped, and an `eventually` helpe
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -23,16 +20,10 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
-def dsn() -> Iterator[str]:
-    """The test database: KERRERA_TEST_DSN, or an embedded PostgreSQL for this session."""
-    given = os.environ.get("KERRERA_TEST_DSN")
-    if given:
-        yield given
-        return
-    from kerrera._embedded import embedded_dsn
-
-    with tempfile.TemporaryDirectory(prefix="kerrera-test-") as tmp:
-        yield embedded_dsn(Path(tmp))
+def dsn(kerrera_dsn: str) -> str:
+    """The test database: KERRERA_TEST_DSN, or an embedded PostgreSQL for this session
+    (the fixture of Kerrera's own pytest plugin, which users get too)."""
+    return kerrera_dsn
 
 
 @pytest.fixture

@@ -52,13 +52,7 @@ class Runner:
                 if record_progress:
                     job.progress_state = RecordingProgress(job)
                 ack, error = await self._executor.execute(job)
-                acks = AckBatch()
-                if ack is None:
-                    acks.done_ids.append(job.id)  # type: ignore[arg-type]
-                    acks.done_attempts.append(job.attempt)
-                else:
-                    acks.other.append(ack)
-                await engine.write_acks(acks, conn)
+                await engine.write_acks(one_ack(job, ack), conn)
                 counts[outcome_state(ack)] += 1
                 if error is not None and not safety:
                     raise error
@@ -110,16 +104,17 @@ def insert_inline_sync(app: Kerrera, batch: list[Job], conn: Any) -> list[Job]:
     engine = app.sync._open()
     saved, claimed = engine.insert_claimed(batch, app.node, CALLER, conn)
     for job, ack in run_detached(app, claimed):
-        acks = AckBatch()
-        if ack is None:
-            acks.done_ids.append(job.id)  # type: ignore[arg-type]
-            acks.done_attempts.append(job.attempt)
-        else:
-            acks.other.append(ack)
-        engine.write_acks(acks, conn)
+        engine.write_acks(one_ack(job, ack), conn)
     ran = [job.id for job in claimed if job.id is not None]
     final = {j.id: j for j in engine.get_jobs(ran, conn)} if ran else {}
     return ended(saved, claimed, final)
+
+
+def one_ack(job: Job, ack: dict[str, Any] | None) -> AckBatch:
+    """The ack batch of one finished job (None: plainly completed)."""
+    if ack is not None:
+        return AckBatch(other=[ack])
+    return AckBatch(done_ids=[job.id], done_attempts=[job.attempt])  # type: ignore[list-item]
 
 
 def ended(saved: list[Job], claimed: list[Job], final: dict[int | None, Job]) -> list[Job]:
