@@ -20,9 +20,9 @@ MAX_LIST = 10_000
 #: Jobs per statement of a bulk action: small enough that each one is a short
 #: transaction holding few row locks, large enough that round trips do not dominate.
 BULK_CHUNK = 1_000
-#: Retries take smaller chunks: the retry statement checks each job's unique key against
-#: the other jobs retried with it, a cost that grows with the square of the chunk.
-RETRY_CHUNK = 200
+#: Retries take the same chunks: the retry statement compares unique keys within the
+#: chunk only for unique jobs, so plain retries cost the same per job at any size.
+RETRY_CHUNK = BULK_CHUNK
 
 _STATES = tuple(s.value for s in JobState)
 

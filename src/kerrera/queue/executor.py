@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kerrera import _json, telemetry
+from kerrera import _json
 from kerrera._backoff import default_backoff
 from kerrera._errors import JobTimeoutError, UnknownWorkerError
 from kerrera._job import Job
@@ -24,15 +24,13 @@ from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
 from kerrera._worker import Worker, resolve_worker
 from kerrera.queue.observed import observed
 from kerrera.queue.threads import DaemonThreadPool
+from kerrera.telemetry import _bus
 
 log = logging.getLogger("kerrera.executor")
 
 #: The longest retry or snooze delay written (about 31 years): past it an interval
 #: overflows, and an ack that cannot be written would hold back every ack bundled with it.
 MAX_DELAY = 1e9
-#: The events `observed` emits: running through it costs a little, so only when one of
-#: them has a handler.
-JOB_EVENTS = ("job.start", "job.exception", "job.stop")
 
 
 class Executor:
@@ -54,7 +52,7 @@ class Executor:
         that resolves when the thread is free, so its producer can keep the slot taken.
         Progress the job reported but has not written yet is written before it returns.
         """
-        if self.node is not None and telemetry.any_active(JOB_EVENTS):
+        if self.node is not None and _bus.jobs_watched:
             return (await observed(self, job, linger))[0]
         ack, _error = await self.run(job, linger)
         if job.progress_state is not None:
@@ -64,7 +62,7 @@ class Executor:
     async def execute(self, job: Job) -> tuple[dict[str, Any] | None, BaseException | None]:
         """`perform` that also returns the exception that failed the job (for the testing
         helpers, which may re-raise it)."""
-        if self.node is not None and telemetry.any_active(JOB_EVENTS):
+        if self.node is not None and _bus.jobs_watched:
             return await observed(self, job, None)
         result = await self.run(job)
         if job.progress_state is not None:

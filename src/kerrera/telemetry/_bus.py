@@ -58,6 +58,21 @@ _attached: dict[str, tuple[tuple[str, ...], Handler]] = {}
 _routes: dict[str, tuple[tuple[str, Handler], ...]] = {}
 # A group of events -> whether any of them has a handler (see `any_active`).
 _groups: dict[tuple[str, ...], bool] = {}
+#: The events of a job's run. Whether any has a handler is kept in `jobs_watched`, a
+#: plain module attribute, because the executor asks for every job.
+JOB_EVENTS = ("job.start", "job.exception", "job.stop")
+jobs_watched = False
+
+
+def _changed() -> None:
+    """After attach/detach (under the lock): forget cached routes, recompute the flag."""
+    global jobs_watched
+    _routes.clear()
+    _groups.clear()
+    jobs_watched = any(
+        _matches(name, event) for names, _fn in _attached.values()
+        for name in names for event in JOB_EVENTS
+    )  # fmt: skip
 
 
 def attach(handler_id: str, events: str | Iterable[str], fn: Handler) -> None:
@@ -85,8 +100,7 @@ def attach(handler_id: str, events: str | Iterable[str], fn: Handler) -> None:
         if handler_id in _attached:
             raise ConfigError(f"telemetry handler {handler_id!r} is already attached")
         _attached[handler_id] = (names, fn)
-        _routes.clear()
-        _groups.clear()
+        _changed()
 
 
 def detach(handler_id: str) -> bool:
@@ -94,8 +108,7 @@ def detach(handler_id: str) -> bool:
     with _lock:
         found = _attached.pop(handler_id, None) is not None
         if found:
-            _routes.clear()
-            _groups.clear()
+            _changed()
     return found
 
 
