@@ -496,8 +496,8 @@ class Kerrera(InspectMixin):
     # -- testing ------------------------------------------------------------------------
     @property
     def testing_mode(self) -> str | None:
-        """"inline", "manual" or None: the innermost `kerrera.testing.mode()` block's,
-        else the `testing` option."""
+        """The testing mode in force ("inline", "manual" or None): the innermost
+        `kerrera.testing.mode()` block's, else the `testing` option."""
         return current_mode(self.config.testing)
 
     async def drain_queue(
