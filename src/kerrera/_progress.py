@@ -96,15 +96,22 @@ def entry_of(percent: Any, message: Any, data: dict[str, Any]) -> dict[str, Any]
             raise ConfigError(f"progress: percent must be a number from 0 to 100, got {percent!r}")
     if message is not None and not isinstance(message, str):
         raise ConfigError(f"progress: message must be a string, got {message!r}")
-    try:
-        _json.dumps(data)
-    except TypeError as exc:
-        raise ConfigError(f"progress: data is not JSON-serialisable: {exc}") from None
+    if data:
+        try:
+            _json.dumps(data)
+        except TypeError as exc:
+            raise ConfigError(f"progress: data is not JSON-serialisable: {exc}") from None
     at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     entry: dict[str, Any] = {"percent": percent, "message": message, "at": at}
     if data:
         entry["data"] = data
     return entry
+
+
+# A report whose message and data take at most this many characters always fits in a
+# notification (with the job's queue and worker names, at most 127 characters each, and
+# the worst escaping), so the common small report skips the costly exact check.
+_SURELY_FITS = 1000
 
 
 async def report(job: Job, percent: Any, message: Any, data: dict[str, Any]) -> None:
@@ -119,7 +126,9 @@ async def report(job: Job, percent: Any, message: Any, data: dict[str, Any]) -> 
         except LookupError:
             raise ConfigError("progress() is for a running job (no Kerrera runs it)") from None
         state = job.progress_state = Progress(job, app)
-    progress_message(job.id or 0, job.queue, job.worker, job.attempt, entry)  # size check
+    size = len(message or "") + (len(_json.dumps(data)) if data else 0)
+    if size > _SURELY_FITS:  # rare: encode it as it will be sent, to fail here if too large
+        progress_message(job.id or 0, job.queue, job.worker, job.attempt, entry)
     await state.report(entry)
 
 
