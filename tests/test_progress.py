@@ -249,3 +249,18 @@ async def test_a_job_that_ends_unseen_still_ends_its_subscription(
     assert (first.kind, first.state) == ("snapshot", "executing")
     assert (last.kind, last.state, last.job_id) == ("completed", "completed", job.id)
     assert last.finished
+
+
+@worker(queue="default", max_attempts=1)
+async def oversized(job: Job) -> None:
+    """Reports more data than a notification can carry."""
+    await job.progress(50, "big", blob=os.urandom(6000).hex())
+
+
+async def test_a_report_too_large_for_a_notification_fails_clearly() -> None:
+    from kerrera import testing
+
+    outcome = await testing.perform_job(oversized, {})
+    assert outcome.state == "discarded"
+    assert "progress report is too large for a notification" in (outcome.error or "")
+    assert outcome.progress == []
