@@ -197,7 +197,9 @@ async def test_publish_reaches_topic_and_wildcard_subscribers(make_app: Any) -> 
         a = await asyncio.wait_for(anext(topic), 5)
         b = await asyncio.wait_for(anext(everything), 5)
         c = await asyncio.wait_for(anext(everything), 5)
-        assert one_job._queue.empty()
+        missing = await asyncio.wait_for(anext(one_job), 5)
+        assert (missing.kind, missing.state) == ("snapshot", None)
+        assert one_job._queue.empty()  # messages never reach a job subscription
     assert (a.kind, a.topic, a.payload) == ("message", "exports", {"user": 7, "status": "ready"})
     assert (b.topic, c.topic) == ("exports", "other")
     with pytest.raises(ConfigError, match="too large"):
@@ -264,3 +266,16 @@ async def test_a_report_too_large_for_a_notification_fails_clearly() -> None:
     assert outcome.state == "discarded"
     assert "progress report is too large for a notification" in (outcome.error or "")
     assert outcome.progress == []
+
+
+async def test_a_subscription_to_an_unknown_job_says_so(make_app: Any) -> None:
+    app = make_app()
+    async with app.subscribe(987654) as events:
+        first = await asyncio.wait_for(anext(events), 5)
+    assert (first.kind, first.job_id, first.state, first.finished) == (
+        "snapshot",
+        987654,
+        None,
+        False,
+    )
+    await app.stop()

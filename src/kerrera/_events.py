@@ -38,11 +38,11 @@ class Event:
 
     `kind` is `started`, `progress`, `completed`, `retrying` (failed, will retry),
     `failed` (failed for good: discarded), `cancelled`, `snoozed`, `released` (put back
-    by a shutdown), `snapshot` (the job's state when a job subscription begins) or
-    `message` (from `publish`). Job events carry `job_id`, `queue`, `worker`, `attempt`
-    and `state`; `progress` events carry `progress` (`percent`, `message`, `data`, `at`);
-    failures carry `error` (the last line of the error); messages carry `topic` and
-    `payload`.
+    by a shutdown), `snapshot` (the job's state when a job subscription begins; `state`
+    None when there is no such job, or not yet) or `message` (from `publish`). Job
+    events carry `job_id`, `queue`, `worker`, `attempt` and `state`; `progress` events
+    carry `progress` (`percent`, `message`, `data`, `at`); failures carry `error` (the
+    last line of the error); messages carry `topic` and `payload`.
     """
 
     kind: str

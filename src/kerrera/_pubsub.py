@@ -160,8 +160,12 @@ class Hub:
             self._watcher = asyncio.create_task(self._keep_watching(), name="kerrera-watch")
         ids = sorted({t for t in sub.targets if isinstance(t, int) and not isinstance(t, bool)})
         if ids:
-            for job in await engine.get_jobs(ids):
-                sub.put(snapshot(job))
+            found = {job.id: job for job in await engine.get_jobs(ids)}
+            for job_id in ids:
+                job = found.get(job_id)
+                # No such job (yet: it may be in a transaction still open): say so, with
+                # no state, rather than leave the subscriber waiting without a word.
+                sub.put(snapshot(job) if job is not None else Event("snapshot", job_id=job_id))
 
     async def _listening(self) -> PostgresEngine:
         async with self._lock:

@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import secrets
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from kerrera import Job, JobState, Kerrera
 from kerrera.cli import demo_workers
+from kerrera.cli._signals import on_interrupt
 from kerrera.cli.demo_workers import QUEUES, Counts, Download, count_jobs, count_leftovers
 
 POLL_SECONDS = 0.25
@@ -123,23 +123,14 @@ def _check_args(args: argparse.Namespace) -> None:
 @contextlib.contextmanager
 def _interruptible(stop: asyncio.Event, console: Console) -> Iterator[None]:
     """Turn Ctrl-C (and SIGTERM) into `stop`, so the demo drains and still summarises."""
-    loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
         if not stop.is_set():
             console.print("[yellow]Interrupted: stopping (running jobs finish first)...[/]")
         stop.set()
 
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # e.g. on Windows
-            loop.add_signal_handler(signum, on_signal)
-            installed.append(signum)
-    try:
+    with on_interrupt(on_signal):
         yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 async def _demo(args: argparse.Namespace, console: Console, stop: asyncio.Event) -> int:

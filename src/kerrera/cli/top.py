@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +17,7 @@ from rich.text import Text
 
 from kerrera._errors import ConfigError
 from kerrera.cli._render import Cell, Output, plain_table, rich_table
+from kerrera.cli._signals import on_interrupt
 from kerrera.cli.queues import queue_report
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.iterations is not None and args.iterations < 1:
         raise ConfigError(f"option '--iterations' must be >= 1, got {args.iterations}")
     stop = asyncio.Event()
-    with _stop_on_signals(stop):
+    with on_interrupt(stop.set):  # Ctrl-C or SIGTERM: the view ends cleanly, exit 0
         # Never migrate from here: a mistyped --prefix should fail, not create a schema.
         app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir, migrate=False)
         try:
@@ -239,19 +239,3 @@ async def _unless(stop: asyncio.Event, step: Awaitable[T]) -> T | None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return None
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """Turn Ctrl-C and SIGTERM into `stop`: the view ends cleanly, exit code 0."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # e.g. on Windows
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
