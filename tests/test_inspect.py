@@ -3,6 +3,7 @@ against the real database; and the throughput arithmetic of `kerrera top`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -95,6 +96,20 @@ async def test_count_jobs_counts_unfinished_states_per_queue(make_app: Any, sql:
         "mail": {"available": 2, "scheduled": 0, "retryable": 0, "executing": 0, "suspended": 0},
         "media": {"available": 3, "scheduled": 1, "retryable": 0, "executing": 0, "suspended": 0},
     }
+
+
+async def test_sync_face_lists_and_counts_the_same(make_app: Any, sql: Sql) -> None:
+    app = make_app()
+    await _fill(app, sql)
+    listed = await app.list_jobs(state=["discarded", "scheduled"], limit=100)
+    synced = await asyncio.to_thread(
+        app.sync.list_jobs, state=["discarded", "scheduled"], limit=100
+    )
+    assert [j.id for j in synced] == [j.id for j in listed]
+    assert await asyncio.to_thread(app.sync.count_jobs) == await app.count_jobs()
+    with pytest.raises(ConfigError, match="option 'limit'"):
+        app.sync.list_jobs(limit=0)
+    app.sync.close()
 
 
 async def test_bulk_actions_touch_only_matching_jobs(make_app: Any, sql: Sql) -> None:

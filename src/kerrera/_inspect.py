@@ -54,13 +54,7 @@ class InspectMixin:
             failed = await app.list_jobs(state="discarded", worker="myapp.jobs.Mailer")
             older = await app.list_jobs(state="discarded", before_id=failed[-1].id)
         """
-        where = job_filter(state, queue, worker)
-        if type(limit) is not int or not 1 <= limit <= MAX_LIST:
-            raise ConfigError(
-                f"option 'limit' must be an integer from 1 to {MAX_LIST}, got {limit!r}"
-            )
-        if before_id is not None and type(before_id) is not int:
-            raise ConfigError(f"option 'before_id' must be a job id, got {before_id!r}")
+        where = listing_filter(state, queue, worker, limit, before_id)
         return await (await self._open()).list_jobs(where, limit, before_id)
 
     async def count_jobs(self: _App) -> dict[str, dict[str, int]]:
@@ -72,10 +66,7 @@ class InspectMixin:
             counts = await app.count_jobs()
             backlog = counts.get("media", {}).get("available", 0)
         """
-        out: dict[str, dict[str, int]] = {}
-        for queue, state, n in await (await self._open()).count_jobs():
-            out.setdefault(queue, dict.fromkeys(UNFINISHED, 0))[state] = n
-        return out
+        return by_queue(await (await self._open()).count_jobs())
 
     async def retry_jobs_where(
         self: _App, *, state: Names = None, queue: Names = None, worker: Names = None,
@@ -121,6 +112,26 @@ class InspectMixin:
         engine = await self._open()
         where = _bulk_filter("delete_jobs_where", state, queue, worker, all_jobs)
         return await act_on_matching(engine, engine.delete_jobs, where, on_progress)
+
+
+def listing_filter(
+    state: Names, queue: Names, worker: Names, limit: int, before_id: int | None
+) -> JobFilter:
+    """The checked filter of `list_jobs`, its `limit` and `before_id` checked too."""
+    where = job_filter(state, queue, worker)
+    if type(limit) is not int or not 1 <= limit <= MAX_LIST:
+        raise ConfigError(f"option 'limit' must be an integer from 1 to {MAX_LIST}, got {limit!r}")
+    if before_id is not None and type(before_id) is not int:
+        raise ConfigError(f"option 'before_id' must be a job id, got {before_id!r}")
+    return where
+
+
+def by_queue(rows: list[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    """`count_jobs` rows as {queue: {state: n}}, every unfinished state present."""
+    out: dict[str, dict[str, int]] = {}
+    for queue, state, n in rows:
+        out.setdefault(queue, dict.fromkeys(UNFINISHED, 0))[state] = n
+    return out
 
 
 def job_filter(state: Names, queue: Names, worker: Names) -> JobFilter:

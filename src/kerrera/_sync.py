@@ -13,6 +13,7 @@ from kerrera._control import queue_command
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
 from kerrera._insert_events import observe_insert
+from kerrera._inspect import Names, by_queue, listing_filter
 from kerrera._job import Job
 from kerrera._options import check_jobs
 from kerrera._schema import check_schema, migrate_sync
@@ -91,6 +92,21 @@ class SyncKerrera:
         """The job with this id, or None."""
         found = self._open().get_jobs([job_id])
         return found[0] if found else None
+
+    def list_jobs(
+        self, *, state: Names = None, queue: Names = None, worker: Names = None,
+        limit: int = 50, before_id: int | None = None,
+    ) -> list[Job]:  # fmt: skip
+        """Jobs matching every filter, newest first (see `Kerrera.list_jobs`).
+
+        Example: `failed = app.sync.list_jobs(state="discarded", queue="mail")`.
+        """
+        where = listing_filter(state, queue, worker, limit, before_id)
+        return self._open().list_jobs(where, limit, before_id)
+
+    def count_jobs(self) -> dict[str, dict[str, int]]:
+        """Unfinished jobs per queue and state (see `Kerrera.count_jobs`)."""
+        return by_queue(self._open().count_jobs())
 
     def retry_job(self, ids: int | Sequence[int]) -> Job | list[Job] | None:
         """Make jobs that are not executing available now."""

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kerrera._job import Job
+    from kerrera.engine.statements import Statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +84,28 @@ class InspectQueries:
         params.update(upto=upto_id)
         rows = await self._execute("count_matching", params)
         return int(rows[0][0]) if rows else 0
+
+
+class SyncInspectQueries:
+    """The sync engine's operator reads (`app.sync.list_jobs`, `app.sync.count_jobs`)."""
+
+    # Provided by SyncPostgresEngine, which this class is mixed into.
+    def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
+        raise NotImplementedError
+
+    def _connection(self, conn: Any) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    sql: Statements
+
+    def list_jobs(self, where: JobFilter, limit: int, before_id: int | None) -> list[Job]:
+        """Up to `limit` jobs matching `where`, newest first, below `before_id` if given."""
+        params = where.params()
+        params.update(limit=limit, before=before_id)
+        return self._rows("list_jobs", params)
+
+    def count_jobs(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) of every queue's unfinished jobs."""
+        with self._connection(None) as c:
+            rows = c.execute(self.sql["count_jobs"]).fetchall()
+        return [(str(queue), str(state), int(n)) for queue, state, n in rows]

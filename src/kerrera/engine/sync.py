@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from kerrera import _json
 from kerrera._job import Job
+from kerrera.engine.inspect import SyncInspectQueries
 from kerrera.engine.postgres import INSERT_BATCH, UNIQUE_RACE_ATTEMPTS
 from kerrera.engine.statements import (
     Statements,
@@ -32,7 +33,7 @@ from kerrera.engine.testing import SyncTestingQueries
 from kerrera.engine.unique import insert_unique
 
 
-class SyncPostgresEngine(SyncTestingQueries):
+class SyncPostgresEngine(SyncTestingQueries, SyncInspectQueries):
     """Insert and manage jobs from synchronous code."""
 
     def __init__(self, dsn: str, prefix: str = "public", *, pool_size: int = 4) -> None:
