@@ -21,6 +21,7 @@ from kerrera._context import _CURRENT
 from kerrera._errors import ConfigError
 from kerrera._events import progress_message
 from kerrera._job import Job
+from kerrera.queue.threads import DISPATCHER
 
 if TYPE_CHECKING:
     from kerrera._app import Kerrera
@@ -133,14 +134,17 @@ async def report(job: Job, percent: Any, message: Any, data: dict[str, Any]) -> 
 
 
 def report_from_thread(job: Job, percent: Any, message: Any, data: dict[str, Any]) -> None:
-    """`job.progress_sync(...)`: hand the report to the node's loop and wait for it."""
-    try:
-        app = _CURRENT.get()
-    except LookupError:
-        raise ConfigError("progress_sync() is for a running job (no Kerrera runs it)") from None
-    loop = app.loop
+    """`job.progress_sync(...)`: hand the report to the loop that runs the job (the one
+    that dispatched this thread) and wait for it."""
+    loop = DISPATCHER.get(None)
     if loop is None:
-        raise ConfigError("progress_sync() is for a running job (the node is not running)")
+        try:
+            app = _CURRENT.get()
+        except LookupError:
+            raise ConfigError("progress_sync() is for a running job (no Kerrera runs it)") from None
+        loop = app.loop
+        if loop is None:
+            raise ConfigError("progress_sync() is for a running job (the node is not running)")
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:

@@ -54,6 +54,8 @@ class Subscription:
         self._hub = hub
         self.targets = targets
         self._opened = False
+        # Events held while the snapshots are read (None: deliver at once).
+        self._held: list[Event] | None = None
         self._ids = {t for t in targets if isinstance(t, int)}
         self._ended: set[int] = set()  # job ids whose last event was delivered
         self._names = {t for t in targets if isinstance(t, str)}
@@ -79,7 +81,28 @@ class Subscription:
         return self._ids - self._ended
 
     def put(self, event: Event) -> None:
-        """Deliver `event` (called by the hub)."""
+        """Deliver `event` (called by the hub). While the snapshots are being read,
+        live events wait, so that a job subscription always begins with its snapshot."""
+        if self._held is not None and event.kind != "snapshot":
+            self._held.append(event)
+            return
+        self._deliver(event)
+
+    def snapshots_done(self, snapshots: list[Event]) -> None:
+        """Deliver the snapshots, then the events that arrived meanwhile, leaving out
+        progress no newer than a snapshot's (the snapshot already shows it)."""
+        held, self._held = self._held or [], None
+        seen = {e.job_id: (e.progress or {}).get("at") for e in snapshots}
+        for event in snapshots:
+            self._deliver(event)
+        for event in held:
+            last = seen.get(event.job_id)
+            at = (event.progress or {}).get("at")
+            if event.kind == "progress" and last is not None and at is not None and at <= last:
+                continue
+            self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         if event.finished and event.job_id is not None:
             if event.job_id in self._ended and event.kind != "snapshot":
                 return  # already ended (by a catch-up): never twice
@@ -103,9 +126,9 @@ class Subscription:
         """Start listening (done by `async with` or the first `async for` step): events
         from then on are delivered. A job id target first yields a `snapshot` event
         with the job's state and latest progress, so nothing before is missed."""
-        if not self._opened:
-            self._opened = True
+        if not self._opened and not self.closed:
             await self._hub.add(self)
+            self._opened = True  # only once added: a failed open can be tried again
         return self
 
     async def __anext__(self) -> Event:
@@ -154,18 +177,25 @@ class Hub:
     async def add(self, sub: Subscription) -> None:
         """Start delivering to `sub`: listen, tell the nodes, send job snapshots."""
         engine = await self._listening()
-        self._subs.add(sub)
-        await self._announce()
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.create_task(self._keep_watching(), name="kerrera-watch")
         ids = sorted({t for t in sub.targets if isinstance(t, int) and not isinstance(t, bool)})
-        if ids:
-            found = {job.id: job for job in await engine.get_jobs(ids)}
-            for job_id in ids:
-                job = found.get(job_id)
+        sub._held = [] if ids else None
+        self._subs.add(sub)
+        try:
+            await self._announce()
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._keep_watching(), name="kerrera-watch")
+            if ids:
+                found = {job.id: job for job in await engine.get_jobs(ids)}
                 # No such job (yet: it may be in a transaction still open): say so, with
                 # no state, rather than leave the subscriber waiting without a word.
-                sub.put(snapshot(job) if job is not None else Event("snapshot", job_id=job_id))
+                sub.snapshots_done([
+                    snapshot(found[i]) if i in found else Event("snapshot", job_id=i)
+                    for i in ids
+                ])  # fmt: skip
+        except BaseException:
+            self._subs.discard(sub)
+            sub._held = None
+            raise
 
     async def _listening(self) -> PostgresEngine:
         async with self._lock:

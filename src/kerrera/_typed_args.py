@@ -45,11 +45,16 @@ class ArgsModel:
     def load(self, data: Any, worker: str = "") -> Any:
         """The typed object for stored `data` (a dict); invalid data is a ConfigError."""
         if isinstance(data, self.model):
-            return data
+            if self._adapter is not None:  # a dataclass is not validated when built
+                return self._validated(dataclasses.asdict(data), worker)  # type: ignore[call-overload]
+            return data  # a pydantic model was validated when built
         if not isinstance(data, Mapping):
             raise ConfigError(
                 f"args of {worker or self.model.__name__} must be a dict, got {data!r}"
             )
+        return self._validated(data, worker)
+
+    def _validated(self, data: Mapping[str, Any], worker: str) -> Any:
         try:
             if self._pydantic:
                 return self.model.model_validate(dict(data))  # type: ignore[attr-defined]
@@ -64,9 +69,10 @@ class ArgsModel:
         """Plain JSON-ready args from an instance or a dict (validated either way)."""
         typed = self.load(value, worker)
         if self._pydantic:
-            return typed.model_dump(mode="json")  # type: ignore[no-any-return]
+            # By alias: the stored form must be what `load` accepts again.
+            return typed.model_dump(mode="json", by_alias=True)  # type: ignore[no-any-return]
         if self._adapter is not None:
-            return self._adapter.dump_python(typed, mode="json")  # type: ignore[no-any-return]
+            return self._adapter.dump_python(typed, mode="json", by_alias=True)  # type: ignore[no-any-return]
         return dataclasses.asdict(typed)
 
 

@@ -31,6 +31,8 @@ log = logging.getLogger("kerrera.executor")
 #: The longest retry or snooze delay written (about 31 years): past it an interval
 #: overflows, and an ack that cannot be written would hold back every ack bundled with it.
 MAX_DELAY = 1e9
+#: Seconds a finished job waits for its last progress report to be written.
+FLUSH_LIMIT = 5.0
 
 
 class Executor:
@@ -56,7 +58,7 @@ class Executor:
             return (await observed(self, job, linger))[0]
         ack, _error = await self.run(job, linger)
         if job.progress_state is not None:
-            await job.progress_state.flush()
+            await flush_progress(job)
         return ack
 
     async def execute(self, job: Job) -> tuple[dict[str, Any] | None, BaseException | None]:
@@ -66,7 +68,7 @@ class Executor:
             return await observed(self, job, None)
         result = await self.run(job)
         if job.progress_state is not None:
-            await job.progress_state.flush()
+            await flush_progress(job)
         return result
 
     async def run(
@@ -129,6 +131,22 @@ class Executor:
         finally:
             if not finished.done() and linger is not None:
                 linger(job, finished)
+
+
+async def flush_progress(job: Job) -> None:
+    """Write the job's held progress report. The job has already ended, and its outcome
+    must stand: a cancellation arriving now (a shutdown giving up, a cancel_job) is
+    absorbed rather than turning a finished job into an interrupted one, and a write
+    that hangs is abandoned after FLUSH_LIMIT seconds."""
+    assert job.progress_state is not None
+    task = asyncio.current_task()
+    try:
+        await asyncio.wait_for(asyncio.shield(job.progress_state.flush()), FLUSH_LIMIT)
+    except asyncio.CancelledError:
+        if task is not None:
+            task.uncancel()
+    except Exception as exc:  # progress is informative: the outcome is what matters
+        log.warning("job %s: could not write its last progress (%r)", job.id, exc)
 
 
 def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:

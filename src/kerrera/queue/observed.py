@@ -32,10 +32,9 @@ async def observed(
     try:
         ack, error = await executor.run(job, linger)
         if job.progress_state is not None:
-            try:
-                await job.progress_state.flush()
-            except Exception:  # progress is informative: the job.stop below must come
-                log.exception("job %s: could not write its last progress", job.id)
+            from kerrera.queue.executor import flush_progress  # (executor imports us)
+
+            await flush_progress(job)
     except asyncio.CancelledError:
         # Interrupted by the node: cancelled (cancel_job) or put back (shutdown).
         state = "cancelled" if job.cancel_requested else "released"

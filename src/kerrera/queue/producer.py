@@ -395,10 +395,13 @@ class Producer:
             # the limit holds at every await point.
             self._cycle_task = None
             for job in jobs:
+                if self._cancel_all:  # shutdown gave up waiting: put it straight back
+                    # (no task: one cancelled before its first step would never run its
+                    # clean-up, and the job would stay executing)
+                    self._release(job)
+                    continue
                 job_task = asyncio.create_task(self._execute(job))
                 self.running[job.id] = (job, job_task)  # type: ignore[index]
-                if self._cancel_all:  # shutdown gave up waiting: put it straight back
-                    job_task.cancel()
             self._wake.set()
 
     async def _execute(self, job: Job) -> None:
@@ -417,6 +420,7 @@ class Producer:
             elif not self._after_thread(job, lambda: self._release(job)):
                 self._release(job)
         else:
+            self._killed.discard(job.id)  # (it ended before a kill reached it)
             if self._threads and self._after_thread(job, lambda: self._record(job, ack)):
                 pass  # a timed-out sync job: its retry waits for its thread
             elif ack is None and not self._watching:  # the hot path, inlined

@@ -81,13 +81,25 @@ class DaemonThreadPool:
             if not future.cancelled():  # a racy read, but only ever from pending to done
                 _call_soon(loop, _settle, started, None, None)
                 try:
-                    result = context.run(func, *args)
+                    result = context.run(_dispatched, loop, func, args)
                 except BaseException as exc:
                     _call_soon(loop, _finish, finished, future, None, exc)
                 else:
                     _call_soon(loop, _finish, finished, future, result, None)
             else:
                 _call_soon(loop, _settle, finished, None, None)
+
+
+#: Inside a call run by the pool: the event loop that dispatched it (a sync worker's
+#: `job.progress_sync()` hands its report back to that loop).
+DISPATCHER: contextvars.ContextVar[asyncio.AbstractEventLoop] = contextvars.ContextVar(
+    "kerrera_dispatcher"
+)
+
+
+def _dispatched(loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: Any) -> Any:
+    DISPATCHER.set(loop)  # in the call's own copied context
+    return func(*args)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., Any], *args: Any) -> None:

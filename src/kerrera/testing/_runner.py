@@ -48,13 +48,14 @@ class Runner:
         engine = await self._app._open()
         token = _CURRENT.set(self._app)  # current_app() inside the job is this app
         try:
-            for job in jobs:
+            for i, job in enumerate(jobs):
                 if record_progress:
                     job.progress_state = RecordingProgress(job)
                 ack, error = await self._executor.execute(job)
                 await engine.write_acks(one_ack(job, ack), conn)
                 counts[outcome_state(ack)] += 1
                 if error is not None and not safety:
+                    await release(engine, jobs[i + 1 :])  # claimed, never run: put back
                     raise error
         finally:
             _CURRENT.reset(token)
@@ -108,6 +109,15 @@ def insert_inline_sync(app: Kerrera, batch: list[Job], conn: Any) -> list[Job]:
     ran = [job.id for job in claimed if job.id is not None]
     final = {j.id: j for j in engine.get_jobs(ran, conn)} if ran else {}
     return ended(saved, claimed, final)
+
+
+async def release(engine: Any, jobs: list[Job]) -> None:
+    """Put claimed jobs that will not run now back to available (attempt not spent)."""
+    if jobs:
+        ids = [j.id for j in jobs if j.id is not None]
+        await engine.ack_jobs(
+            AckBatch(released_ids=ids, released_attempts=[j.attempt for j in jobs])
+        )
 
 
 def one_ack(job: Job, ack: dict[str, Any] | None) -> AckBatch:
