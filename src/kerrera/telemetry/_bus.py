@@ -130,7 +130,11 @@ def any_active(events: tuple[str, ...]) -> bool:
     """Whether any of `events` has a handler (one lookup for the whole group)."""
     found = _groups.get(events)
     if found is None:
-        found = _groups[events] = any(active(event) for event in events)
+        with _lock:  # (an attach between computing and storing must not be forgotten)
+            found = _groups[events] = any(
+                _matches(name, event) for names, _fn in _attached.values()
+                for name in names for event in events
+            )  # fmt: skip
     return found
 
 
