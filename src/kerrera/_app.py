@@ -18,7 +18,7 @@ from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
 from kerrera._events import app_message
 from kerrera._ids import as_ids, one_or_many
-from kerrera._insert_events import observe_insert
+from kerrera._insert_events import inserts_watched, observe_insert
 from kerrera._inspect import InspectMixin
 from kerrera._job import Job
 from kerrera._options import check_jobs, check_queue
@@ -321,9 +321,10 @@ class Kerrera(InspectMixin):
         for producer in self._all_producers():
             producer.hurry()
 
-    async def _close_connections_async_only(self) -> None:
-        """Close the async engine (not the sync face): it was opened on a loop that is
-        about to end (a sync inline job that used the async API)."""
+    async def _close_engine(self) -> None:
+        """Close the async engine only (the sync face lives on): part of every close, and
+        alone when the engine was opened on a private loop that is about to end (sync
+        testing helpers)."""
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
@@ -332,9 +333,7 @@ class Kerrera(InspectMixin):
         if self._hub is not None:
             await self._hub.close()
             self._hub = None
-        if self._engine is not None:
-            await self._engine.close()
-            self._engine = None
+        await self._close_engine()
         if self._sync is not None:
             self._sync.close()
 
@@ -366,7 +365,7 @@ class Kerrera(InspectMixin):
         engine = await self._open()
         if self.testing_mode == "inline":
             return await self._runner().insert_inline(batch, conn)
-        if not telemetry.active("insert") and not telemetry.active("insert.start"):
+        if not inserts_watched():
             return await engine.insert_jobs(batch, conn)
         with observe_insert(batch) as done:
             return done(await engine.insert_jobs(batch, conn))
@@ -681,10 +680,8 @@ class Kerrera(InspectMixin):
     def _on_notifier_status(self, up: bool) -> None:
         if telemetry.active("notifier.switch"):
             telemetry.execute("notifier.switch", {}, {"up": up, "node": self.node})
-        if up:
-            self._background(
-                self._ask_watchers()
-            )  # catch up on anything inserted or signalled while we were deaf
+        if up:  # catch up on anything inserted, signalled or watched while we were deaf
+            self._background(self._ask_watchers())
             for producer in self.producers.values():
                 producer.wake()
             if self._control is not None:

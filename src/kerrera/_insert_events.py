@@ -10,6 +10,14 @@ from typing import Any
 from kerrera import telemetry
 from kerrera._job import Job
 
+#: The events around an insert; `observe_insert` only while one has a handler.
+INSERT_EVENTS = ("insert.start", "insert")
+
+
+def inserts_watched() -> bool:
+    """Whether an insert should go through `observe_insert`."""
+    return telemetry.any_active(INSERT_EVENTS)
+
 
 @contextmanager
 def observe_insert(batch: list[Job]) -> Iterator[Callable[[list[Job]], list[Job]]]:

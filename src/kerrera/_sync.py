@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from kerrera import telemetry
 from kerrera._control import queue_command
 from kerrera._errors import ConfigError
 from kerrera._ids import as_ids, one_or_many
-from kerrera._insert_events import observe_insert
+from kerrera._insert_events import inserts_watched, observe_insert
 from kerrera._inspect import Names, by_queue, listing_filter
 from kerrera._job import Job
 from kerrera._options import check_jobs
@@ -76,7 +75,7 @@ class SyncKerrera:
             from kerrera.testing._runner import insert_inline_sync
 
             return insert_inline_sync(self._app, batch, conn)
-        if not telemetry.active("insert") and not telemetry.active("insert.start"):
+        if not inserts_watched():
             return self._open().insert_jobs(batch, conn)
         with observe_insert(batch) as done:
             return done(self._open().insert_jobs(batch, conn))

@@ -22,7 +22,7 @@ from kerrera._errors import JobTimeoutError, UnknownWorkerError
 from kerrera._job import Job
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
 from kerrera._worker import Worker, resolve_worker
-from kerrera.queue.observed import observed
+from kerrera.queue.observed import flush_progress, observed
 from kerrera.queue.threads import DaemonThreadPool
 from kerrera.telemetry import _bus
 
@@ -31,8 +31,6 @@ log = logging.getLogger("kerrera.executor")
 #: The longest retry or snooze delay written (about 31 years): past it an interval
 #: overflows, and an ack that cannot be written would hold back every ack bundled with it.
 MAX_DELAY = 1e9
-#: Seconds a finished job waits for its last progress report to be written.
-FLUSH_LIMIT = 5.0
 
 
 class Executor:
@@ -54,19 +52,16 @@ class Executor:
         that resolves when the thread is free, so its producer can keep the slot taken.
         Progress the job reported but has not written yet is written before it returns.
         """
-        if self.node is not None and _bus.jobs_watched:
-            return (await observed(self, job, linger))[0]
-        ack, _error = await self.run(job, linger)
-        if job.progress_state is not None:
-            await flush_progress(job)
-        return ack
+        return (await self.execute(job, linger))[0]
 
-    async def execute(self, job: Job) -> tuple[dict[str, Any] | None, BaseException | None]:
-        """`perform` that also returns the exception that failed the job (for the testing
-        helpers, which may re-raise it)."""
+    async def execute(
+        self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
+    ) -> tuple[dict[str, Any] | None, BaseException | None]:
+        """`perform` that also returns the exception that failed the job (the testing
+        helpers may re-raise it). Job events are emitted while a handler listens."""
         if self.node is not None and _bus.jobs_watched:
-            return await observed(self, job, None)
-        result = await self.run(job)
+            return await observed(self, job, linger)
+        result = await self.run(job, linger)
         if job.progress_state is not None:
             await flush_progress(job)
         return result
@@ -131,22 +126,6 @@ class Executor:
         finally:
             if not finished.done() and linger is not None:
                 linger(job, finished)
-
-
-async def flush_progress(job: Job) -> None:
-    """Write the job's held progress report. The job has already ended, and its outcome
-    must stand: a cancellation arriving now (a shutdown giving up, a cancel_job) is
-    absorbed rather than turning a finished job into an interrupted one, and a write
-    that hangs is abandoned after FLUSH_LIMIT seconds."""
-    assert job.progress_state is not None
-    task = asyncio.current_task()
-    try:
-        await asyncio.wait_for(asyncio.shield(job.progress_state.flush()), FLUSH_LIMIT)
-    except asyncio.CancelledError:
-        if task is not None:
-            task.uncancel()
-    except Exception as exc:  # progress is informative: the outcome is what matters
-        log.warning("job %s: could not write its last progress (%r)", job.id, exc)
 
 
 def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:

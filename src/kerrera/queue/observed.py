@@ -1,6 +1,7 @@
 """Running a job with telemetry: `job.start`, then `job.exception` for a failure, then
-`job.stop` with the outcome. Only used while a handler listens, so the plain path pays
-nothing for it."""
+`job.stop` with the outcome (only while a handler listens, so the plain path pays
+nothing for it); and what a job's end shares with it: writing held progress, naming
+the outcome."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kerrera.executor")
 
+#: Seconds a finished job waits for its last progress report to be written.
+FLUSH_LIMIT = 5.0
+
 
 async def observed(
     executor: Executor, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None
@@ -32,8 +36,6 @@ async def observed(
     try:
         ack, error = await executor.run(job, linger)
         if job.progress_state is not None:
-            from kerrera.queue.executor import flush_progress  # (executor imports us)
-
             await flush_progress(job)
     except asyncio.CancelledError:
         # Interrupted by the node: cancelled (cancel_job) or put back (shutdown).
@@ -48,6 +50,22 @@ async def observed(
     result = ack["meta"].get("return") if ack is not None and "meta" in ack else None
     telemetry.execute("job.stop", took, {**meta, "state": state, "result": result})
     return ack, error
+
+
+async def flush_progress(job: Job) -> None:
+    """Write the job's held progress report. The job has already ended, and its outcome
+    must stand: a cancellation arriving now (a shutdown giving up, a cancel_job) is
+    absorbed rather than turning a finished job into an interrupted one, and a write
+    that hangs is abandoned after FLUSH_LIMIT seconds."""
+    assert job.progress_state is not None
+    task = asyncio.current_task()
+    try:
+        await asyncio.wait_for(asyncio.shield(job.progress_state.flush()), FLUSH_LIMIT)
+    except asyncio.CancelledError:
+        if task is not None:
+            task.uncancel()
+    except Exception as exc:  # progress is informative: the outcome is what matters
+        log.warning("job %s: could not write its last progress (%r)", job.id, exc)
 
 
 def job_metadata(job: Job, node: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from kerrera._job import Job
 from kerrera.engine.base import AckBatch, Engine
 from kerrera.engine.errors import is_transient
 from kerrera.queue.executor import Executor, cancelled, unwritable
+from kerrera.queue.observed import outcome_state
 
 log = logging.getLogger("kerrera.producer")
 
@@ -173,8 +174,7 @@ class Producer:
                 took = time.perf_counter() - began
                 telemetry.execute(
                     "queue.shutdown",
-                    {"running": self._left_running, "released": self._left_running,
-                     "duration": took},
+                    {"running": self._left_running, "duration": took},
                     {"queue": self.queue, "node": self.node, "producer": self.uuid,
                      "job_ids": self._left_ids, "clean": self.clean},
                 )  # fmt: skip
@@ -420,7 +420,8 @@ class Producer:
             elif not self._after_thread(job, lambda: self._release(job)):
                 self._release(job)
         else:
-            self._killed.discard(job.id)  # (it ended before a kill reached it)
+            if self._killed:
+                self._killed.discard(job.id)  # (it ended before the kill)
             if self._threads and self._after_thread(job, lambda: self._record(job, ack)):
                 pass  # a timed-out sync job: its retry waits for its thread
             elif ack is None and not self._watching:  # the hot path, inlined
@@ -467,11 +468,6 @@ class Producer:
             self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
             self._acks.done_attempts.append(job.attempt)
         else:
-            self._count(_outcome(ack))
+            self._count(outcome_state(ack))
             self._note(job, ack["state"], ack.get("error", {}).get("error", ""))
             self._acks.other.append(ack)
-
-
-def _outcome(ack: dict[str, Any]) -> str:
-    """The outcome an ack stands for: its end state, or `snoozed`."""
-    return "snoozed" if ack.get("snooze") else str(ack["state"])

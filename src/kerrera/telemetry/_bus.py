@@ -44,7 +44,7 @@ EVENTS: Mapping[str, str] = {
     "reindexer": "count, duration",
     "leader.election": "duration",
     "notifier.switch": "(metadata up: bool)",
-    "queue.shutdown": "running, released, duration",
+    "queue.shutdown": "running, duration",
 }
 # First segments that belong to Kerrera: attaching to an unknown name under one of them is
 # a typo (reported), while any other name is an application's own event.

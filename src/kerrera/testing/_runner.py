@@ -163,6 +163,6 @@ def run_detached(app: Kerrera, jobs: list[Job]) -> list[tuple[Job, dict[str, Any
         finally:
             _CURRENT.reset(token)
             if not had_engine and app._engine is not None:  # opened by a job on this loop
-                await app._close_connections_async_only()
+                await app._close_engine()
 
     return asyncio.run(go())

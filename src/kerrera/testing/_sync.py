@@ -96,6 +96,6 @@ class SyncTesting:
             try:
                 return await target.drain_queue(queue, **opts)
             finally:
-                await target._close_connections_async_only()
+                await target._close_engine()
 
         return asyncio.run(drain())
