@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -27,13 +26,10 @@ def dsn(kerrera_dsn: str) -> str:
 
 
 @pytest.fixture
-def prefix(dsn: str) -> Iterator[str]:
+def prefix(kerrera_prefix: str) -> str:
     """A schema of its own for each test, dropped afterwards (isolates commits and
-    LISTEN/NOTIFY channels, which are named after the schema)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    LISTEN/NOTIFY channels, which are named after the schema): the plugin's fixture."""
+    return kerrera_prefix
 
 
 @pytest.fixture

@@ -179,6 +179,7 @@ async def test_detach_unregisters_and_stops_counting(
     assert not [m.name for m in registry.collect()]
     app = make_app()
     await app.insert(Scripted.new({}))
+    assert metrics.inserted.collect()[0].samples == []  # detached: nothing counted
     again = PrometheusMetrics(registry=registry)  # the names are free again
     again.attach()
     again.detach()

@@ -3,6 +3,8 @@ real database; and the pytest plugin's fixtures (the example module for users)."
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 from typing import Any
 
@@ -138,12 +140,22 @@ async def test_assert_enqueued_matches_partially_and_explains_failures(make_app:
         await testing.refute_enqueued(worker=send_welcome)  # completed: no longer enqueued
 
 
-async def test_helpers_find_the_app_without_app_argument_or_say_so(make_app: Any) -> None:
+async def test_helpers_find_the_app_without_app_argument_or_say_so(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = make_app(testing="manual")
     async with other:
         await other.insert(Scripted.new({"n": 1}))
         assert len(await testing.all_enqueued(worker=Scripted)) == 1
-        assert len(await testing.all_enqueued(worker=Scripted, app=other)) == 1
+    # No app entered in this context and none started in the process: a clear error.
+    from kerrera import _context
+
+    monkeypatch.setattr(_context, "_LAST", [])
+    empty = contextvars.Context()
+    with pytest.raises(ConfigError, match="no Kerrera instance"):
+        await asyncio.get_running_loop().create_task(
+            testing.all_enqueued(worker=Scripted), context=empty
+        )
 
 
 def test_sync_twins(make_app: Any) -> None:
@@ -250,7 +262,13 @@ async def test_plugin_fixtures_give_an_isolated_manual_app(kerrera_app: Kerrera)
     await kerrera_app.insert(send_welcome.new({"to": "plugin"}))
     await testing.assert_enqueued(worker=send_welcome, args={"to": "plugin"})
     assert (await kerrera_app.drain_queue("mail"))["completed"] == 1
+    await kerrera_app.insert(send_welcome.new({"to": "left behind"}))  # for the next test
+    PREFIXES.append(kerrera_app.config.prefix)
 
 
 async def test_plugin_schema_is_fresh_for_each_test(kerrera_app: Kerrera) -> None:
-    await testing.refute_enqueued(worker=send_welcome)
+    assert PREFIXES and kerrera_app.config.prefix not in PREFIXES
+    await testing.refute_enqueued(worker=send_welcome)  # the job left behind is not here
+
+
+PREFIXES: list[str] = []

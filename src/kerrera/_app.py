@@ -333,6 +333,9 @@ class Kerrera(InspectMixin):
         if self._hub is not None:
             await self._hub.close()
             self._hub = None
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         await self._close_engine()
         if self._sync is not None:
             self._sync.close()

@@ -20,9 +20,6 @@ MAX_LIST = 10_000
 #: Jobs per statement of a bulk action: small enough that each one is a short
 #: transaction holding few row locks, large enough that round trips do not dominate.
 BULK_CHUNK = 1_000
-#: Retries take the same chunks: the retry statement compares unique keys within the
-#: chunk only for unique jobs, so plain retries cost the same per job at any size.
-RETRY_CHUNK = BULK_CHUNK
 
 _STATES = tuple(s.value for s in JobState)
 
@@ -83,7 +80,7 @@ class InspectMixin:
         """
         engine = await self._open()
         where = _bulk_filter("retry_jobs_where", state, queue, worker, all_jobs)
-        return await act_on_matching(engine, engine.retry_jobs, where, on_progress, RETRY_CHUNK)
+        return await act_on_matching(engine, engine.retry_jobs, where, on_progress)
 
     async def cancel_jobs_where(
         self: _App, *, state: Names = None, queue: Names = None, worker: Names = None,
@@ -164,6 +161,22 @@ def _bulk_filter(call: str, state: Names, queue: Names, worker: Names, all_jobs:
         # A forgotten filter must not act on the whole table.
         raise ConfigError(f"{call} needs a filter (state, queue or worker), or all_jobs=True")
     return where
+
+
+async def act_on_ids(
+    act: Callable[[Sequence[int]], Awaitable[list[Job]]],
+    ids: Sequence[int],
+    on_progress: Progress | None = None,
+    chunk: int = BULK_CHUNK,
+) -> list[Job]:
+    """Run `act` (retry/cancel/delete) on the given ids, one chunk at a time; return the
+    jobs it changed."""
+    changed: list[Job] = []
+    for start in range(0, len(ids), chunk):
+        changed += await act(ids[start : start + chunk])
+        if on_progress is not None:
+            on_progress(min(start + chunk, len(ids)), len(ids))
+    return changed
 
 
 async def act_on_matching(

@@ -35,6 +35,7 @@ def test_the_page_shows_a_tracks_progress_live_until_completed(dsn: str, prefix:
     if reason is not None:
         print(f"skipping the browser test: {reason}")
         pytest.skip(reason)
+    SCREENSHOT.unlink(missing_ok=True)  # so the check below sees this run's
     with serve_example(dsn, prefix, step=0.3) as server:
         run = subprocess.run(
             ["node", str(HERE / "sse_page.mjs"), server.url(), str(SCREENSHOT)],

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerrera import _json
 from kerrera._errors import ConfigError
-from kerrera._inspect import BULK_CHUNK, RETRY_CHUNK
+from kerrera._inspect import act_on_ids
 from kerrera._job import Job
 from kerrera.cli._render import Output, job_dict, progress, state_cell, when
 
@@ -218,13 +218,8 @@ async def _act(app: Kerrera, args: argparse.Namespace, out: Output) -> int:
     call: Callable[[Sequence[int]], Awaitable[list[Job]]] = {
         "retry": app.retry_job, "cancel": app.cancel_job, "delete": app.delete_job,
     }[verb]  # fmt: skip
-    changed: list[Job] = []
-    size = RETRY_CHUNK if verb == "retry" else BULK_CHUNK
     with progress(verb) as report:
-        for start in range(0, len(ids), size):
-            changed += await call(ids[start : start + size])
-            if report is not None:
-                report(min(start + size, len(ids)), len(ids))
+        changed = await act_on_ids(call, ids, report)
     done = {job.id for job in changed}
     missed = [i for i in ids if i not in done]
     for note in await _why_not(app, verb, missed):

@@ -5,11 +5,10 @@ the cluster (or on one node) from any shell."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING, Any
 
 from kerrera._inspect import UNFINISHED
-from kerrera.cli._render import Cell, Output, plain_table
+from kerrera.cli._render import Cell, Output
 
 if TYPE_CHECKING:
     from kerrera._app import Kerrera
@@ -45,8 +44,10 @@ async def run(args: argparse.Namespace) -> int:
         if args.action is None:
             report = await queue_report(app)
             out = Output()
-            if args.json or out.console is None or not report:
-                print(render(report, as_json=args.json))
+            if args.json:
+                out.json(report)
+            elif not report:
+                out.line("no queues: no live node and no unfinished job")
             else:
                 out.table(HEAD, [_cells(r) for r in report], right=NUMBERS)
             return 0
@@ -78,15 +79,6 @@ async def queue_report(app: Kerrera, *, fresh: float = 1.0) -> list[dict[str, An
     for row in rows:
         row.update(counts.get(row["queue"], zero))
     return sorted(rows, key=lambda r: (r["queue"], r["node"] or ""))
-
-
-def render(report: list[dict[str, Any]], *, as_json: bool) -> str:
-    """The report as plain text (or JSON)."""
-    if as_json:
-        return json.dumps(report, default=str, indent=2)
-    if not report:
-        return "no queues: no live node and no unfinished job"
-    return plain_table(HEAD, [_cells(r) for r in report], right=NUMBERS)
 
 
 def _cells(row: dict[str, Any]) -> list[Cell]:

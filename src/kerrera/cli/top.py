@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.text import Text
 
 from kerrera._errors import ConfigError
-from kerrera.cli._render import Cell, Output, plain_table, rich_table
+from kerrera.cli._render import Cell, Output, rich_table
 from kerrera.cli._signals import on_interrupt
 from kerrera.cli.queues import queue_report
 
@@ -211,12 +211,9 @@ def _frame(report: list[dict[str, Any]], rates: Rates | None) -> Group:
 
 
 def _print(out: Output, report: list[dict[str, Any]], rates: Rates | None) -> None:
-    if out.console is not None:
-        out.console.print(Text(headline(report, rates), style="bold"))
-        out.console.print(rich_table(HEAD, summarise(report, rates), right=NUMBERS))
-        return
-    out.stream.write(headline(report, rates) + "\n")
-    out.stream.write(plain_table(HEAD, summarise(report, rates), right=NUMBERS) + "\n\n")
+    out.line(headline(report, rates), style="bold")
+    out.table(HEAD, summarise(report, rates), right=NUMBERS)
+    out.line()
     out.stream.flush()
 
 

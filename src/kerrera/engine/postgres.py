@@ -18,7 +18,7 @@ from kerrera.engine.base import AckBatch
 from kerrera.engine.inspect import InspectQueries
 from kerrera.engine.statements import (
     Statements,
-    array_literal,
+    ack_params,
     copied_jobs,
     copy_rows,
     flagged_job_row,
@@ -46,14 +46,6 @@ INSERT_BATCH = 5000
 #: From this many jobs due now, a batch goes through COPY (three round trips, but about
 #: twice the rows per second of INSERT ... RETURNING); below it, one INSERT statement.
 COPY_FROM = 200
-
-
-def _ack_params(acks: AckBatch) -> dict[str, Any]:
-    return {
-        "done_ids": array_literal(acks.done_ids),
-        "done_attempts": array_literal(acks.done_attempts),
-        "acks": _json.dumps(acks.other) if acks.other else "[]",
-    }
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -194,17 +186,15 @@ class PostgresEngine(InspectQueries, TestingQueries):
     ) -> list[Job]:
         if acks.released_ids:
             await self._release(acks)
-        params = _ack_params(acks)
-        params.update(queue=queue, demand=demand, node=node, producer=producer)
+        params = ack_params(acks, queue, demand, node, producer)
         return await self._rows("fetch_jobs", params)
 
-    async def ack_jobs(self, acks: AckBatch) -> None:
+    async def ack_jobs(self, acks: AckBatch, conn: Any = None) -> None:
+        """Write `acks` (releases on a pooled connection; outcomes on `conn` if given)."""
         if acks.released_ids:
             await self._release(acks)
         if acks.done_ids or acks.other:
-            params = _ack_params(acks)
-            params.update(queue="", demand=0, node="", producer="")
-            await self._rows("fetch_jobs", params)
+            await self._rows("fetch_jobs", ack_params(acks), conn)
 
     async def _release(self, acks: AckBatch) -> None:
         async with self.pool.connection() as c:

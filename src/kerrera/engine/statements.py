@@ -298,6 +298,18 @@ def _load_flagged(v: Any) -> tuple[Job, bool]:
     return _load_job(v), bool(v[14])
 
 
+def ack_params(acks: Any, queue: str = "", demand: int = 0, node: str = "",
+               producer: str = "") -> dict[str, Any]:  # fmt: skip
+    """Parameters of `fetch_jobs` for an `AckBatch`: its outcomes, and (with `demand`)
+    the fetch that travels with them. Demand 0 only acks."""
+    return {
+        "done_ids": array_literal(acks.done_ids),
+        "done_attempts": array_literal(acks.done_attempts),
+        "acks": _json.dumps(acks.other) if acks.other else "[]",
+        "queue": queue, "demand": demand, "node": node, "producer": producer,
+    }  # fmt: skip
+
+
 def array_literal(values: list[int]) -> str:
     """`{1,2,3}`: integer arrays as one text parameter (cast in SQL), far cheaper to send
     than psycopg's element-by-element list adaptation."""

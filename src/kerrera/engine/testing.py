@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerrera import _json
 from kerrera.engine.base import AckBatch
-from kerrera.engine.statements import array_literal
+from kerrera.engine.statements import ack_params
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -29,16 +29,6 @@ def enqueued_params(
     return {
         "worker": worker, "queue": queue, "priority": priority, "args": _json.dumps(args),
         "meta": _json.dumps(meta), "tags": list(tags),
-    }  # fmt: skip
-
-
-def ack_params(acks: AckBatch) -> dict[str, Any]:
-    """Parameters of the runtime's ack statement, acking only (demand 0)."""
-    return {
-        "done_ids": array_literal(acks.done_ids),
-        "done_attempts": array_literal(acks.done_attempts),
-        "acks": _json.dumps(acks.other) if acks.other else "[]",
-        "queue": "", "demand": 0, "node": "", "producer": "",
     }  # fmt: skip
 
 
@@ -69,11 +59,6 @@ class TestingQueries:
         params = {"ids": list(ids), "node": node, "producer": producer}
         return await self._rows("claim_jobs", params, conn)
 
-    async def write_acks(self, acks: AckBatch, conn: Any = None) -> None:
-        """Write outcomes (no releases), on `conn` when given."""
-        if acks.done_ids or acks.other:
-            await self._rows("fetch_jobs", ack_params(acks), conn)
-
     async def available_ids(self, queue: str) -> list[int]:
         """The queue's available jobs, in fetch order."""
         return [int(r[0]) for r in await self._execute("available_ids", {"queue": queue})]
@@ -95,9 +80,9 @@ class TestingQueries:
         new = [j.id for j in saved if not j.conflict and j.id is not None]
         return saved, (await self.claim_jobs(new, node, producer, conn) if new else [])
 
-    async def stage_queue_now(self, queue: str) -> int:
+    async def stage_queue_now(self, queue: str) -> None:
         """Make the queue's scheduled and retryable jobs available now."""
-        return len(await self._execute("stage_queue_now", {"queue": queue}))
+        await self._execute("stage_queue_now", {"queue": queue})
 
 
 class SyncTestingQueries:

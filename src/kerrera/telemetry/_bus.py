@@ -69,10 +69,7 @@ def _changed() -> None:
     global jobs_watched
     _routes.clear()
     _groups.clear()
-    jobs_watched = any(
-        _matches(name, event) for names, _fn in _attached.values()
-        for name in names for event in JOB_EVENTS
-    )  # fmt: skip
+    jobs_watched = _any_match(JOB_EVENTS)
 
 
 def attach(handler_id: str, events: str | Iterable[str], fn: Handler) -> None:
@@ -131,10 +128,7 @@ def any_active(events: tuple[str, ...]) -> bool:
     found = _groups.get(events)
     if found is None:
         with _lock:  # (an attach between computing and storing must not be forgotten)
-            found = _groups[events] = any(
-                _matches(name, event) for names, _fn in _attached.values()
-                for name in names for event in events
-            )  # fmt: skip
+            found = _groups[events] = _any_match(events)
     return found
 
 
@@ -186,6 +180,14 @@ def _route(event: str) -> tuple[tuple[str, Handler], ...]:
         )
         _routes[event] = route
     return route
+
+
+def _any_match(events: tuple[str, ...]) -> bool:
+    """Whether an attached handler listens to any of `events` (call under the lock)."""
+    return any(
+        _matches(name, event) for names, _fn in _attached.values()
+        for name in names for event in events
+    )  # fmt: skip
 
 
 def _matches(name: str, event: str) -> bool:

@@ -33,6 +33,7 @@ except ImportError as exc:  # an optional extra: say how to get it
 
 from kerrera import telemetry
 from kerrera._errors import ConfigError
+from kerrera._inspect import UNFINISHED
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -46,7 +47,7 @@ JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
                120.0, 300.0, 600.0, 1800.0, 3600.0)  # fmt: skip
 #: The states `queue_depth` reports (the unfinished ones); a queue seen once keeps
 #: reporting 0 for each, so a drained queue reads 0 rather than vanishing.
-DEPTH_STATES = ("available", "scheduled", "retryable", "executing", "suspended")
+DEPTH_STATES = UNFINISHED  # the states `count_jobs` counts
 _EVENTS = ("job.start", "job.stop", "job.exception", "insert")
 _WQ, _WQS, _WQK = ["worker", "queue"], ["worker", "queue", "state"], ["worker", "queue", "kind"]
 

@@ -88,11 +88,12 @@ async def perform_job(
     _as_running(job, attempt)
     recorder = RecordingProgress(job)
     job.progress_state = recorder
-    executor = Executor(DaemonThreadPool(1, name="kerrera-perform"))
+    threads = DaemonThreadPool(1, name="kerrera-perform")
     token = _CURRENT.set(app) if app is not None else None
     try:
-        ack, error = await executor.execute(job)
+        ack, error = await Executor(threads).execute(job)
     finally:
+        threads.shutdown()  # (its idle thread would otherwise wait forever)
         if token is not None:
             _CURRENT.reset(token)
     return _outcome(job, ack, error, recorder.reports)

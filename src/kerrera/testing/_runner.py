@@ -35,7 +35,12 @@ class Runner:
 
     def __init__(self, app: Kerrera) -> None:
         self._app = app
-        self._executor = Executor(DaemonThreadPool(4, name="kerrera-inline"), app.node)
+        self._threads = DaemonThreadPool(4, name="kerrera-inline")
+        self._executor = Executor(self._threads, app.node)
+
+    def close(self) -> None:
+        """Let the runner's idle threads end (the app is stopping)."""
+        self._threads.shutdown()
 
     async def run(
         self, jobs: list[Job], *, conn: Any = None, record_progress: bool = False,
@@ -52,7 +57,7 @@ class Runner:
                 if record_progress:
                     job.progress_state = RecordingProgress(job)
                 ack, error = await self._executor.execute(job)
-                await engine.write_acks(one_ack(job, ack), conn)
+                await engine.ack_jobs(one_ack(job, ack), conn)
                 counts[outcome_state(ack)] += 1
                 if error is not None and not safety:
                     await release(engine, jobs[i + 1 :])  # claimed, never run: put back
@@ -151,7 +156,8 @@ def run_detached(app: Kerrera, jobs: list[Job]) -> list[tuple[Job, dict[str, Any
 
     async def go() -> list[tuple[Job, dict[str, Any] | None]]:
         had_engine = app._engine is not None
-        executor = Executor(DaemonThreadPool(1, name="kerrera-inline"), app.node)
+        threads = DaemonThreadPool(1, name="kerrera-inline")
+        executor = Executor(threads, app.node)
         token = _CURRENT.set(app)
         try:
             out = []
@@ -161,6 +167,7 @@ def run_detached(app: Kerrera, jobs: list[Job]) -> list[tuple[Job, dict[str, Any
                 out.append((job, ack))
             return out
         finally:
+            threads.shutdown()
             _CURRENT.reset(token)
             if not had_engine and app._engine is not None:  # opened by a job on this loop
                 await app._close_engine()

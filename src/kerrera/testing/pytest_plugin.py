@@ -6,8 +6,8 @@ Fixtures:
   kerrera_prefix: a fresh schema for this test, dropped afterwards, so tests never see
     each other's jobs (and can run in any order).
   kerrera_app: a started `Kerrera` on that schema in `manual` testing mode (jobs are
-    inserted, not run), and the app the testing helpers use by default. Async fixtures
-    need pytest-asyncio (or anyio in auto mode).
+    inserted, not run), and the app the testing helpers use by default. It is an
+    async fixture: it needs pytest-asyncio.
 
 Example (tests/test_signup.py):
     from kerrera import testing
@@ -70,8 +70,13 @@ def kerrera_prefix(kerrera_dsn: str) -> Iterator[str]:
 def _async_fixture(func: Any) -> Any:
     try:
         import pytest_asyncio
-    except ImportError:  # anyio's plugin, or pytest-asyncio missing: a plain fixture
-        return pytest.fixture(func)
+    except ImportError:  # the other fixtures still work; this one says what it needs
+
+        @pytest.fixture(name=func.__name__)
+        def needs_pytest_asyncio() -> None:
+            pytest.fail("the kerrera_app fixture needs pytest-asyncio: pip install pytest-asyncio")
+
+        return needs_pytest_asyncio
     return pytest_asyncio.fixture(func)
 
 

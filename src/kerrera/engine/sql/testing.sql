@@ -28,8 +28,7 @@ RETURNING {jcols};
 -- with_scheduled).
 UPDATE {prefix}.oban_jobs
 SET state = 'available'
-WHERE queue = %(queue)s AND state IN ('scheduled', 'retryable')
-RETURNING id;
+WHERE queue = %(queue)s AND state IN ('scheduled', 'retryable');
 
 -- name: available_ids
 -- A queue's available jobs, in the order a producer would fetch them.
