@@ -9,8 +9,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from kerrera import Kerrera, SchemaError
-from kerrera.migrations import LATEST_VERSION, current_version, migrate_down, migrate_up
+from kerrera import ConfigError, Kerrera, SchemaError
+from kerrera.cli import main
+from kerrera.migrations import (
+    LATEST_VERSION,
+    _runner,
+    current_version,
+    migrate_down,
+    migrate_up,
+)
 
 OBAN_V14 = Path(__file__).parent / "support" / "oban_v14.sql"
 
@@ -51,6 +58,132 @@ def _catalog(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
     }
 
 
+def _relations(conn: psycopg.Connection[Any], prefix: str) -> set[str]:
+    """Tables, indexes and types left in the schema."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'i', 'p') UNION ALL "
+        "SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "WHERE n.nspname = %s AND t.typtype = 'e'",
+        (prefix, prefix),
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+OBAN_OWN = {
+    "oban_jobs", "oban_jobs_pkey", "oban_jobs_args_index", "oban_jobs_meta_index",
+    "oban_jobs_state_queue_priority_scheduled_at_id_index",
+    "oban_jobs_state_cancelled_at_index", "oban_jobs_state_discarded_at_index",
+    "oban_peers", "oban_peers_pkey", "oban_job_state",
+}  # fmt: skip
+
+
+def _elixir_history(conn: psycopg.Connection[Any], prefix: str) -> None:
+    """What an Elixir node that adopted the tables leaves: 100 jobs of three workers and
+    its leader's row."""
+    conn.execute(
+        f'INSERT INTO "{prefix}".oban_jobs (state, queue, worker, args) '
+        "SELECT 'completed', 'mail', CASE WHEN n <= 60 THEN 'MyApp.Mailer' "
+        "WHEN n <= 90 THEN 'MyApp.Report' ELSE 'MyApp.Digest' END, '{}' "
+        "FROM generate_series(1, 100) n"
+    )
+    conn.execute(
+        f"INSERT INTO \"{prefix}\".oban_peers VALUES ('Oban', 'worker-1', "
+        "timezone('UTC', now()), timezone('UTC', now()) + interval '30 seconds')"
+    )
+
+
+def test_down_keeps_obans_tables_once_an_elixir_node_used_them(dsn: str, prefix: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate_up(conn, prefix)  # Kerrera creates Oban's tables here...
+        _elixir_history(conn, prefix)  # ...and an Elixir node adopts them
+        assert migrate_down(conn, prefix, LATEST_VERSION) == list(range(LATEST_VERSION, 0, -1))
+        assert current_version(conn, prefix) == 0
+        # only Kerrera's own objects went: its tables, its two indexes, its version table
+        assert _relations(conn, prefix) == OBAN_OWN
+        count = f'SELECT count(*) FROM "{prefix}".oban_jobs'
+        assert conn.execute(count).fetchone() == (100,)
+        peers = f'SELECT name FROM "{prefix}".oban_peers'
+        assert conn.execute(peers).fetchall() == [("Oban",)]
+
+
+def test_dropping_obans_tables_takes_the_flag_and_refuses_what_they_hold(
+    dsn: str, prefix: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate_up(conn, prefix)
+        _elixir_history(conn, prefix)
+        everything = _relations(conn, prefix)
+        with pytest.raises(SchemaError) as refused:
+            migrate_down(conn, prefix, LATEST_VERSION, drop_oban_tables=True)
+        message = str(refused.value)
+        assert "100 job(s)" in message and "MyApp.Mailer: 60, MyApp.Report: 30" in message
+        assert "'Oban' on worker-1" in message
+        # refused before anything was reverted
+        assert current_version(conn, prefix) == LATEST_VERSION
+        assert _relations(conn, prefix) == everything
+        conn.execute(f'DELETE FROM "{prefix}".oban_jobs')
+        conn.execute(f'DELETE FROM "{prefix}".oban_peers')
+        conn.execute(f"COMMENT ON TABLE \"{prefix}\".oban_jobs IS '15'")  # an Oban migrator
+        with pytest.raises(SchemaError, match="version '15'"):
+            migrate_down(conn, prefix, LATEST_VERSION, drop_oban_tables=True)
+        conn.execute(f"COMMENT ON TABLE \"{prefix}\".oban_jobs IS '14'")
+        migrate_down(conn, prefix, LATEST_VERSION, drop_oban_tables=True)
+        assert _relations(conn, prefix) == set()
+
+
+def test_a_job_inserted_after_the_check_still_stops_the_drop(
+    dsn: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = _runner._check_oban_drop
+
+    def check_then_an_elixir_insert(conn: psycopg.Connection[Any], *args: Any) -> None:
+        check(conn, *args)
+        conn.execute(f"INSERT INTO \"{prefix}\".oban_jobs (worker) VALUES ('MyApp.Late')")
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate_up(conn, prefix)
+        monkeypatch.setattr(_runner, "_check_oban_drop", check_then_an_elixir_insert)
+        with pytest.raises(SchemaError, match=r"1 job\(s\) \(MyApp.Late: 1\)"):
+            migrate_down(conn, prefix, LATEST_VERSION, drop_oban_tables=True)
+        # the steps above 1 were reverted; version 1 and Oban's table with its job stay
+        assert current_version(conn, prefix) == 1
+        assert conn.execute(f'SELECT worker FROM "{prefix}".oban_jobs').fetchall() == [
+            ("MyApp.Late",)
+        ]
+
+
+def test_the_flag_never_drops_tables_that_kerrera_did_not_create(dsn: str, prefix: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{prefix}"')
+        conn.execute(f'SET search_path TO "{prefix}"')
+        conn.execute(OBAN_V14.read_text())  # an Elixir node made them (still empty)
+        migrate_up(conn, prefix)
+        with pytest.raises(SchemaError, match="Kerrera did not create"):
+            migrate_down(conn, prefix, LATEST_VERSION, drop_oban_tables=True)
+        with pytest.raises(ConfigError, match="below version 1"):
+            migrate_down(conn, prefix, 1, drop_oban_tables=True)
+        migrate_down(conn, prefix, LATEST_VERSION)
+        assert _relations(conn, prefix) == OBAN_OWN
+
+
+def test_the_cli_says_what_it_kept_and_why_it_refused(
+    dsn: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["migrate", "--dsn", dsn, "--prefix", prefix]
+    assert main(base) == 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _elixir_history(conn, prefix)
+    capsys.readouterr()
+    assert main([*base, "--down", str(LATEST_VERSION), "--drop-oban-tables"]) == 2
+    err = capsys.readouterr().err
+    assert "100 job(s)" in err and "MyApp.Mailer: 60" in err
+    assert main([*base, "--down", str(LATEST_VERSION)]) == 0
+    out = capsys.readouterr().out
+    assert "now at version 0" in out and "kept Oban's tables" in out
+    assert "--drop-oban-tables" in out
+
+
 def test_up_down_up(dsn: str, prefix: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert current_version(conn, prefix) == 0
@@ -61,9 +194,9 @@ def test_up_down_up(dsn: str, prefix: str) -> None:
         assert first["enum"][0] == ("available",) and len(first["enum"]) == 8
         assert migrate_down(conn, prefix, 1) == [LATEST_VERSION]
         assert current_version(conn, prefix) == LATEST_VERSION - 1
-        assert migrate_down(conn, prefix, LATEST_VERSION) == list(range(LATEST_VERSION - 1, 0, -1))
-        gone = conn.execute("SELECT to_regclass(%s)", (f"{prefix}.oban_jobs",)).fetchone()
-        assert gone == (None,)
+        rest = list(range(LATEST_VERSION - 1, 0, -1))
+        assert migrate_down(conn, prefix, LATEST_VERSION, drop_oban_tables=True) == rest
+        assert _relations(conn, prefix) == set()  # empty, and Kerrera's own: dropped
         migrate_up(conn, prefix)
         assert _catalog(conn, prefix) == first
 

@@ -89,14 +89,13 @@ async def test_a_refused_ack_is_replaced_and_the_others_are_written() -> None:
         node="n",
         poll_interval=0.05,
     )
-    producer._acks = AckBatch(
-        done_ids=[1],
-        done_attempts=[1],
-        other=[
-            {"id": 2, "attempt": 1, "state": "completed", "meta": {"return": "x"}},
-            {"id": 3, "attempt": 1, "state": "cancelled", "error": {"error": "r"}},
-        ],
-    )
+    outcomes: list[dict[str, Any] | None] = [
+        None,  # a plain completion
+        {"id": 2, "attempt": 1, "state": "completed", "meta": {"return": "x"}},
+        {"id": 3, "attempt": 1, "state": "cancelled", "error": {"error": "r"}},
+    ]
+    for job_id, outcome in enumerate(outcomes, 1):
+        producer.ledger.end(producer.ledger.start(job_id, 1), outcome)
     producer.start()
     await eventually(lambda: {a["id"] for a in engine.written} == {2, 3})
     await producer.stop(1)

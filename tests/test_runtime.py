@@ -69,7 +69,7 @@ async def test_notification_starts_a_job_without_waiting_for_the_poll(make_app: 
     async with app:
         await eventually(lambda: app._notifier.connected)
         # The first fetch has run and found nothing: from now on the queue waits.
-        await eventually(lambda: app.producers["default"]._more is False)
+        await eventually(lambda: app.producers["default"]._jobs_waiting is False)
         await app.insert(Scripted.new({}))
         # With a 60 s poll, only the insert notification can start it this soon.
         await eventually(lambda: scripted.RUNS, timeout=10)

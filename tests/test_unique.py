@@ -23,6 +23,14 @@ async def test_a_duplicate_returns_the_existing_job_marked_as_a_conflict(make_ap
     assert first.meta["uniq_key"] == again.meta["uniq_key"]
 
 
+async def test_a_plain_row_of_the_same_job_counts_as_a_duplicate(make_app: Any) -> None:
+    # As Oban counts it: any row in a counted state, whoever inserted it and how.
+    app = make_app()
+    plain = await app.insert(Scripted.new({"p": 1}))
+    unique = await app.insert(Scripted.new({"p": 1}, unique=True))
+    assert unique.conflict and unique.id == plain.id
+
+
 async def test_fields_and_keys_choose_what_counts(make_app: Any) -> None:
     app = make_app()
     by_user = Unique(keys=["user"], period=None)

@@ -13,7 +13,7 @@ import psycopg
 from kerrera import _json, telemetry
 from kerrera._config import Config
 from kerrera._context import _CURRENT, set_last_started
-from kerrera._control import QueueControl, addressed_to, queue_command
+from kerrera._control import QueueControl, queue_command
 from kerrera._embedded import resolve_dsn
 from kerrera._errors import ConfigError
 from kerrera._events import app_message
@@ -26,8 +26,8 @@ from kerrera._pubsub import Hub, NodeEvents, Subscription
 from kerrera._schema import check_schema, migrate_sync
 from kerrera._sync import SyncKerrera
 from kerrera.engine.postgres import PostgresEngine
-from kerrera.notifier import IsolatedNotifier, Notifier, PostgresNotifier
-from kerrera.queue import DaemonThreadPool, Executor, Producer
+from kerrera.notifier import Notifier, make_notifier
+from kerrera.queue import DaemonThreadPool, Executor, Producer, Threads
 from kerrera.services import Cron, Leadership, Lifeline, Pruner, Reindexer, Stager
 from kerrera.services.leader import PEER_NAME
 from kerrera.testing._mode import current_mode
@@ -186,8 +186,17 @@ class Kerrera(InspectMixin):
                     await asyncio.to_thread(check_schema, dsn, self.config.prefix)
                 engine = PostgresEngine(dsn, self.config.prefix, pool_size=self.config.pool_size)
                 await engine.open()
+                # Made with the engine, so that an app that only inserts sends through it
+                # too; it starts listening in `start`.
+                engine.notifier = self._notifier = make_notifier(self.config.notifier, engine)
                 self._engine = engine
         return self._engine
+
+    async def _open_notifier(self) -> Notifier:
+        """The notifier everything this app sends goes through (opening the engine)."""
+        await self._open()
+        assert self._notifier is not None
+        return self._notifier
 
     async def start(self) -> None:
         """Connect, migrate (unless `migrate=False`) and start this node's queues and
@@ -204,16 +213,13 @@ class Kerrera(InspectMixin):
             return
         self._threads = DaemonThreadPool(c.threads)
         self._executor = Executor(self._threads, self.node)
-        self._events = NodeEvents(engine)
-        notifier: Notifier = (
-            PostgresNotifier(engine) if c.notifier == "postgres" else IsolatedNotifier()
-        )
+        notifier = await self._open_notifier()
+        self._events = NodeEvents(notifier, engine.sql.events_channel)
         notifier.listen(engine.sql.insert_channel, self._on_insert)
         notifier.listen(engine.sql.signal_channel, self._on_signal)
         notifier.listen(engine.sql.leader_channel, self._on_leader)
         notifier.listen(engine.sql.control_channel, self._on_control)
         notifier.on_status(self._on_notifier_status)
-        self._notifier = notifier
         await notifier.start()
         self._background(self._ask_watchers())
         self._lifeline = Lifeline(
@@ -277,9 +283,16 @@ class Kerrera(InspectMixin):
         for service in services:
             service.start()
 
-    async def stop(self, grace: float | None = None) -> int:
+    async def stop(self, grace: float | None = None, *, exiting: bool = False) -> int:
         """Stop fetching, wait up to `grace` (default `shutdown_grace_period`) for running
-        jobs, put the rest back to available, and close. Returns how many were put back."""
+        jobs, put the rest back to available, and close. Returns how many were put back.
+
+        A sync job's thread cannot be stopped: a job whose thread still runs after the
+        grace period is put back only once the thread has ended. Until then it stays
+        `executing` (another node must not run it beside the thread), and if this app
+        has stopped meanwhile, the lifeline puts it back once this node's heartbeat
+        expires. Pass `exiting=True` when the process exits right after (the threads
+        die with it): such jobs are then put back at once, as `kerrera start` does."""
         if not self._running:  # used only to insert: just close the connections
             await self._close_connections()
             return 0
@@ -296,7 +309,8 @@ class Kerrera(InspectMixin):
             await _bounded(self._leadership.stop(), STEP_LIMIT, "resigning leadership")
         # Queues draining after stop_queue get this stop's grace too, not their own.
         producers = self._all_producers()
-        stops = asyncio.gather(*(p.stop(grace, abandon_threads=True) for p in producers))
+        threads = Threads.ABANDON if exiting else Threads.LEAVE
+        stops = asyncio.gather(*(p.stop(grace, threads=threads) for p in producers))
         released: int = sum(await _bounded(stops, grace + 2 * STEP_LIMIT, "draining") or [0])
         if self._control is not None:
             await _bounded(self._control.wait_stopped(), grace + STEP_LIMIT, "queue control")
@@ -325,6 +339,9 @@ class Kerrera(InspectMixin):
         """Close the async engine only (the sync face lives on): part of every close, and
         alone when the engine was opened on a private loop that is about to end (sync
         testing helpers)."""
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:  # made with the engine, so it goes with it
+            await notifier.stop()
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
@@ -388,7 +405,8 @@ class Kerrera(InspectMixin):
         """
         if job.id is None:
             raise ConfigError("complete_job needs a saved, running job")
-        return await (await self._open()).complete_job(job.id, job.attempt, conn)
+        engine = await self._open()
+        return await engine.complete_job(job.id, job.attempt, conn, job.owner)
 
     # -- managing -------------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None:
@@ -422,33 +440,43 @@ class Kerrera(InspectMixin):
 
     async def pause_queue(self, queue: str, *, node: str | None = None) -> None:
         """Stop fetching new jobs of `queue` on every node (or on `node`); running jobs go
-        on. The pause is persisted: it outlives restarts and deploys until resumed."""
+        on. The pause is persisted: it outlives restarts and deploys until resumed.
+
+        Elixir Oban nodes on the same database obey it too, with Oban's own signal: for
+        every node `"any"`, and for `node` one signal per instance name known
+        (`Kerrera.<node>`, `Oban.<node>` and `<name>.<node>` for every name in
+        `oban_peers`), since an Elixir node takes only its own ident. Example:
+        `await app.pause_queue("media", node="worker-1")`."""
         await self._queue_command("pause", queue, node)
 
     async def resume_queue(self, queue: str, *, node: str | None = None) -> None:
-        """Fetch jobs of `queue` again on every node (or on `node`)."""
+        """Fetch jobs of `queue` again on every node (or on `node`). Elixir nodes obey it
+        too, `node` included (see `pause_queue`)."""
         await self._queue_command("resume", queue, node)
 
     async def scale_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
         """Run at most `limit` jobs of `queue` at once per node, on every node (or on
-        `node`). Persisted: it wins over the configured limit until scaled again."""
+        `node`). Persisted: it wins over the configured limit until scaled again. Elixir
+        nodes obey it too, `node` included (see `pause_queue`)."""
         await self._queue_command("scale", queue, node, limit)
 
     async def start_queue(self, queue: str, limit: int, *, node: str | None = None) -> None:
-        """Start running `queue` with `limit` on every running Kerrera node (or `node`)."""
+        """Start running `queue` with `limit` on every running Kerrera node (or `node`).
+        Persisted. Elixir nodes are not signalled: they cannot run Python workers."""
         await self._queue_command("start", queue, node, limit)
 
     async def stop_queue(self, queue: str, *, node: str | None = None) -> None:
         """Stop running `queue` on every node (or `node`): running jobs get the shutdown
-        grace period, then go back to available."""
+        grace period, then go back to available. Persisted. Elixir nodes obey it too,
+        `node` included (see `pause_queue`)."""
         await self._queue_command("stop", queue, node)
 
     async def _queue_command(
         self, action: str, queue: str, node: str | None, limit: int | None = None
     ) -> None:
-        changes, payload = queue_command(action, queue, node, limit)
+        changes, signal = queue_command(action, queue, node, limit)
         engine = await self._open()
-        await engine.set_queue_state(queue, node or "", changes, payload)
+        await engine.set_queue_state(queue, node or "", changes, signal)
         if self._control is not None and node in (None, self.node):
             await self._control.refresh((action, queue))  # applied here before returning
 
@@ -468,9 +496,10 @@ class Kerrera(InspectMixin):
         `started`, `uuid`, `started_at`, `updated_at`. Nodes are asked to report first and
         given up to `fresh` seconds to do so; a node that does not answer in time shows
         its last heartbeat."""
-        engine = await self._open()
+        notifier = await self._open_notifier()
+        engine = self.engine
         asked = await engine.db_now()
-        await engine.notify(engine.sql.control_channel, '{"action":"report"}')
+        await notifier.notify(engine.sql.control_channel, {"action": "report"})
         deadline = asyncio.get_running_loop().time() + fresh
         while True:
             rows = await engine.producer_states(self.config.producer_ttl)
@@ -557,9 +586,9 @@ class Kerrera(InspectMixin):
 
         Example: `await app.publish("exports", {"user": 7, "status": "ready"})`.
         """
-        text = app_message(topic, payload)
-        engine = await self._open()
-        await engine.notify(engine.sql.events_channel, text)
+        text = app_message(topic, payload)  # encoded here: a payload too large fails now
+        notifier = await self._open_notifier()
+        await notifier.notify(self.engine.sql.events_channel, text)
 
     @property
     def is_leader(self) -> bool:
@@ -641,19 +670,8 @@ class Kerrera(InspectMixin):
             self._wake_queue(queue)
 
     def _on_signal(self, _channel: str, message: dict[str, Any]) -> None:
-        action = message.get("action")
-        if action == "pkill" and type(message.get("job_id")) is int:
-            for producer in self._all_producers():
-                producer.kill(message["job_id"])
-        elif self._control is not None and addressed_to(message.get("ident"), self.node):
-            if message.get("kerrera") is True:  # the table says what to do
-                queue = message.get("queue")
-                if isinstance(queue, str) and isinstance(action, str):
-                    self._control.refresh_soon((action, queue))
-                else:
-                    self._control.refresh_soon()
-            elif self._control.apply_signal(message):
-                self._background(self._beat())
+        if self._control is not None:  # (it owns the producers, pkill's targets included)
+            self._control.on_signal(message)
 
     def _on_leader(self, _channel: str, message: dict[str, Any]) -> None:
         if self._leadership is not None and message.get("down") == self._leadership.name:
@@ -665,12 +683,15 @@ class Kerrera(InspectMixin):
             self._background(self._beat())
         elif action == "watch" and self._events is not None:
             self._events.watching.heard()
+        elif action == "queue" and self._control is not None:
+            self._control.on_command(message)
 
     async def _ask_watchers(self) -> None:
         """Ask open subscriptions to announce themselves (a node that just started or
         reconnected would otherwise publish no job events for a few seconds)."""
         try:
-            await self.engine.notify(self.engine.sql.control_channel, '{"action":"watchers"}')
+            notifier = await self._open_notifier()
+            await notifier.notify(self.engine.sql.control_channel, {"action": "watchers"})
         except Exception as exc:  # their next periodic announcement reaches us anyway
             log.debug("could not ask for subscribers (%s)", exc)
 

@@ -1,11 +1,14 @@
-"""Queue control across the cluster: persisted operator commands, Oban-format signals.
+"""Queue control across the cluster: persisted operator commands, Oban's signals.
 
 An operator's `pause_queue` / `resume_queue` / `scale_queue` / `start_queue` /
-`stop_queue` is written to `kerrera_queues` (for every node, or for one) and signalled
-in the same transaction. Every node that hears a signal meant for it re-reads the table
-and reconciles its producers with it, so the table is the single truth: a node that
-starts later, or that missed signals while its notifier was down, converges on it too.
-Signals from Elixir nodes (not persisted) are applied as they come.
+`stop_queue` is written to `kerrera_queues` (for every node, or for one) and announced
+in the same transaction, twice: on Kerrera's control channel, then as Oban's own
+`signal` payload, byte for byte (Elixir nodes run queues of the same table, and crash on
+a key they do not know). Every Kerrera node that hears a command meant for it re-reads
+the table and reconciles its producers with it, so the table is the single truth: a node
+that starts later, or that missed signals while its notifier was down, converges on it
+too. The command's Oban signals are its echo on Kerrera nodes, and are not applied
+again. Signals from Elixir nodes (not persisted) are applied as they come.
 
 Effective state of a queue on a node, field by field: the node's own row, else the
 row for every node, else this node's configuration.
@@ -15,22 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kerrera import _json
 from kerrera._backoff import reconnect_backoff
 from kerrera._errors import ConfigError
 from kerrera._options import check_queue
-from kerrera.engine.base import Engine
+from kerrera._signals import DEFAULT_NAMES, addressed_to, command_signal, echo_key
+from kerrera.engine.base import Engine, QueueSignal
 from kerrera.queue import Producer
 from kerrera.services._every import Background, run_every
 
 log = logging.getLogger("kerrera.control")
 
-#: The instance name in signal idents that address Kerrera nodes only ("Kerrera.any").
-IDENT_NAME = "Kerrera"
+#: Seconds a Kerrera node waits for a command's Oban signals after its control message.
+#: They arrive right after it (one transaction, one connection): the window only bounds
+#: what a lost one leaves behind.
+ECHO_WINDOW = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,20 +49,6 @@ class QueueState:
     paused: bool
 
 
-def signal_payload(action: str, queue: str, node: str | None, limit: int | None = None) -> str:
-    """An Oban `signal` payload. Pause, resume, scale and stop go to every instance
-    ("any", Elixir's too: the queue is one queue in the shared table); start goes to
-    Kerrera nodes only, because an Elixir node cannot run Python workers."""
-    if node is not None:
-        ident = f"{IDENT_NAME}.{node}"
-    else:
-        ident = f"{IDENT_NAME}.any" if action == "start" else "any"
-    message: dict[str, Any] = {"action": action, "ident": ident, "queue": queue, "kerrera": True}
-    if limit is not None:
-        message["limit"] = limit
-    return _json.dumps(message)
-
-
 #: The queue fields each command sets.
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "pause": ("paused",), "resume": ("paused",), "scale": ("limit",),
@@ -65,8 +58,9 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
 
 def queue_command(
     action: str, queue: str, node: str | None, limit: int | None = None
-) -> tuple[dict[str, Any], str]:
-    """Validate an operator's command; return the fields it persists and its signal."""
+) -> tuple[dict[str, Any], QueueSignal]:
+    """Validate an operator's command; return the fields it persists and how it is
+    announced."""
     check_queue(queue)
     if node is not None and (not isinstance(node, str) or not node):
         raise ConfigError(f"option 'node' must be a node name or None, got {node!r}")
@@ -74,22 +68,13 @@ def queue_command(
         isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
     ):
         raise ConfigError(f"option 'limit' must be an integer >= 1, got {limit!r}")
+    if action not in ("scale", "start"):
+        limit = None
     persisted: dict[str, dict[str, Any]] = {
         "pause": {"paused": True}, "resume": {"paused": False}, "scale": {"limit": limit},
         "start": {"running": True, "limit": limit}, "stop": {"running": False},
     }  # fmt: skip
-    return persisted[action], signal_payload(action, queue, node, limit)
-
-
-def addressed_to(ident: object, node: str) -> bool:
-    """Whether a signal's ident names this node: "any", "Kerrera.any", or
-    "<instance>.<node>" for a one-word instance name ("Kerrera.<node>", an Elixir
-    operator's "Oban.<node>"); node names may contain dots."""
-    if ident in (None, "any", f"{IDENT_NAME}.any"):
-        return True
-    if not isinstance(ident, str) or "." not in ident:
-        return False
-    return ident.split(".", 1)[1] == node
+    return persisted[action], command_signal(action, queue, node, limit)
 
 
 def effective(
@@ -139,6 +124,13 @@ class QueueControl(Background):
         self.draining: dict[str, Producer] = {}
         #: Fields set by Elixir nodes' signals, per queue (not persisted).
         self.overrides: dict[str, dict[str, Any]] = {}
+        #: Instance names a signal for this node may carry (see `addressed_to`): the
+        #: defaults and every name seen leading in `oban_peers`.
+        self.names: set[str] = set(DEFAULT_NAMES)
+        #: Queues an Elixir `start` may start here: configured, or run since it started.
+        self.known: set[str] = set(configured)
+        #: (deadline, key) of Kerrera commands' Oban signals still to come (see `on_command`).
+        self._echoes: deque[tuple[float, tuple[Any, ...]]] = deque(maxlen=1024)
         self._make_producer = make_producer
         self._on_changed = on_changed
         self.grace = grace
@@ -176,6 +168,7 @@ class QueueControl(Background):
                 return
             target = self._requested
             rows = await self._engine.queue_states(self.node)
+            self.names.update(await self._engine.instance_names())
             if self._closed:
                 return
             new = self.apply(effective(self.configured, rows, self.overrides))
@@ -220,6 +213,7 @@ class QueueControl(Background):
                 previous = [p for p in self.draining.values() if p.queue == queue]
                 producer = self._make_producer(queue, state.limit, state.paused, previous)
                 self.producers[queue] = producer
+                self.known.add(queue)
                 new.append(producer)
                 log.info(
                     "queue %s on %s: limit %d%s",
@@ -260,12 +254,66 @@ class QueueControl(Background):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def addressed(self, ident: object) -> bool:
+        """Whether a signal with this ident is for this node."""
+        return addressed_to(ident, self.node, self.names)
+
+    def on_signal(self, message: Mapping[str, Any]) -> None:
+        """Route a notification from Oban's signal channel: `pkill` stops the job wherever
+        it runs here (draining queues included); a queue signal addressed to this node is
+        applied, unless it is a Kerrera command's own, whose control message has had the
+        table re-read already."""
+        if message.get("action") == "pkill":
+            job_id = message.get("job_id")
+            if type(job_id) is int:
+                for producer in [*self.producers.values(), *self.draining.values()]:
+                    producer.kill(job_id)
+        elif (
+            self.addressed(message.get("ident"))
+            and not self._is_echo(message)
+            and self.apply_signal(message)
+        ):
+            self._track(asyncio.create_task(self._notify_changed()))
+
+    def on_command(self, message: Mapping[str, Any]) -> None:
+        """Route a Kerrera queue command heard on the control channel: note which of its
+        Oban signals address this node, so that they are not applied again as Elixir's
+        (they come right after), and re-read the table if the command is for this node.
+
+        Should a signal ever arrive before its command, it is applied as Elixir's, and
+        the command's re-read then replaces that override with the table's value."""
+        action, queue, node = message.get("command"), message.get("queue"), message.get("node")
+        if self._closed or not isinstance(action, str) or not isinstance(queue, str):
+            return
+        idents = message.get("idents")
+        deadline = time.monotonic() + ECHO_WINDOW
+        for ident in idents if isinstance(idents, list) else ():
+            if self.addressed(ident):
+                key = echo_key(action, ident, queue, message.get("limit"))
+                self._echoes.append((deadline, key))
+        if node in (None, "", self.node):
+            self.refresh_soon((action, queue))
+
+    def _is_echo(self, message: Mapping[str, Any]) -> bool:
+        """Whether `message` is an expected Oban signal of a Kerrera command (consumed)."""
+        now = time.monotonic()
+        while self._echoes and self._echoes[0][0] < now:
+            self._echoes.popleft()
+        key = echo_key(*(message.get(k) for k in ("action", "ident", "queue", "limit")))
+        for i, (_, expected) in enumerate(self._echoes):
+            if expected == key:
+                del self._echoes[i]
+                return True
+        return False
+
     def apply_signal(self, message: Mapping[str, Any]) -> bool:
         """Apply an Elixir node's (unpersisted) signal; True if it changed a local
         producer. It is kept as an override, so later reconciles do not undo it."""
         if self._closed:
             return False
         action, queue = message.get("action"), message.get("queue")
+        if action == "start":
+            return self._start_signalled(message)
         targets = [q for q in self.producers if queue in ("*", q)]
         limit = message.get("limit")
         if action == "pause":
@@ -290,6 +338,28 @@ class QueueControl(Background):
             else:
                 self.stop_producer(q)
         return bool(targets)
+
+    def _start_signalled(self, message: Mapping[str, Any]) -> bool:
+        """Elixir's `start`, as Oban does it: start the queue with the signal's `limit`
+        unless it already runs here (a running queue is left as it is, limit included).
+
+        Elixir sends a start to "any" node, Kerrera's included, so a Kerrera node starts
+        only a queue it knows: one in its configuration, or one it ran since it started
+        (Kerrera's `start_queue` starts the others). A queue it never ran is most likely
+        an Elixir queue, whose jobs it cannot run, so that start is ignored. The queue is
+        created by a reconcile, which heartbeats first, as for any new queue."""
+        queue, limit = message.get("queue"), message.get("limit")
+        if not isinstance(queue, str) or queue not in self.known or queue in self.producers:
+            return False
+        if type(limit) is not int or limit < 1:
+            return False
+        fields = self.overrides.setdefault(queue, {})
+        fields.pop("paused", None)  # an earlier Elixir pause was the stopped producer's
+        fields.update(running=True, limit=limit)
+        if type(message.get("paused")) is bool:
+            fields["paused"] = message["paused"]
+        self.refresh_soon()
+        return False
 
     async def _notify_changed(self, *, required: bool = False) -> None:
         result = self._on_changed(required)

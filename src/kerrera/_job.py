@@ -88,6 +88,12 @@ class Job:
     #: Where this running job's `progress()` reports go (set on its first report).
     progress_state: ProgressSink | None = field(default=None, repr=False)
 
+    @property
+    def owner(self) -> str | None:
+        """The uuid of the producer running this attempt (`attempted_by[2]`), if any."""
+        by = self.attempted_by
+        return by[1] if by is not None and len(by) > 1 else None
+
     def cancelled(self) -> bool:
         """True once this running job was cancelled (`cancel_job`, from any node). A sync
         worker cannot be interrupted: a long one should check this and return early."""

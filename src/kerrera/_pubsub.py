@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kerrera._errors import ConfigError
 from kerrera._events import KIND_OF_STATE, Event, decode, job_batches, job_entry, short_error
 from kerrera._job import Job
-from kerrera.notifier import PostgresNotifier
+from kerrera.notifier import IsolatedNotifier, Notifier, PostgresNotifier
 
 if TYPE_CHECKING:
     from kerrera.engine.postgres import PostgresEngine
@@ -37,7 +37,7 @@ WATCH_TTL = 3 * WATCH_EVERY
 #: Events a subscription holds before the oldest are dropped (a stalled consumer must
 #: not grow memory without bound).
 BUFFER = 10_000
-WATCH_MESSAGE = '{"action":"watch"}'
+WATCH_MESSAGE = {"action": "watch"}
 #: Seconds after a subscription opens before the table is checked for subscribed jobs
 #: that ended unseen (then again every WATCH_EVERY).
 CATCH_UP_FIRST = 1.0
@@ -152,12 +152,14 @@ class Subscription:
 
 
 class Hub:
-    """One app's listening connection for subscriptions."""
+    """One app's listening connection for subscriptions (with an in-process notifier,
+    the app's notifier itself: subscribers hear this process only)."""
 
     def __init__(self, open_engine: Callable[[], Awaitable[PostgresEngine]]) -> None:
         self._open_engine = open_engine
         self._engine: PostgresEngine | None = None
-        self._notifier: PostgresNotifier | None = None
+        self._notifier: Notifier | None = None
+        self._own = False  # whether the hub started `_notifier` (and so stops it)
         self._subs: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._watcher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -201,10 +203,18 @@ class Hub:
         async with self._lock:
             if self._engine is None:
                 engine = await self._open_engine()
-                notifier = PostgresNotifier(engine)
+                # LISTEN needs a connection of its own, set up with these channels (the
+                # node's notifier may not listen at all); an in-process one is shared.
+                shared = engine.notifier
+                notifier: Notifier
+                if isinstance(shared, IsolatedNotifier):
+                    notifier, self._own = shared, False
+                else:
+                    notifier, self._own = PostgresNotifier(engine), True
                 notifier.listen(engine.sql.events_channel, self._on_event)
                 notifier.listen(engine.sql.control_channel, self._on_control)
-                await notifier.start()
+                if self._own:
+                    await notifier.start()
                 self._engine, self._notifier = engine, notifier
             return self._engine
 
@@ -220,7 +230,8 @@ class Hub:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._notifier is not None:
-            await self._notifier.stop()
+            if self._own:
+                await self._notifier.stop()
             self._notifier = self._engine = None
 
     def deliver(self, events: list[Event]) -> None:
@@ -238,11 +249,11 @@ class Hub:
             asyncio.get_running_loop().create_task(self._announce())
 
     async def _announce(self) -> None:
-        engine = self._engine
-        if engine is None:
+        engine, notifier = self._engine, self._notifier
+        if engine is None or notifier is None:
             return
         try:
-            await engine.notify(engine.sql.control_channel, WATCH_MESSAGE)
+            await notifier.notify(engine.sql.control_channel, WATCH_MESSAGE)
         except Exception as exc:  # nodes hear the next announcement
             log.warning("could not announce subscriptions (%s)", exc)
 
@@ -307,8 +318,9 @@ class Watched:
 class NodeEvents:
     """A node's side: knows whether anyone watches, and publishes producers' batches."""
 
-    def __init__(self, engine: PostgresEngine) -> None:
-        self._engine = engine
+    def __init__(self, notifier: Notifier, channel: str) -> None:
+        self._notifier = notifier
+        self._channel = channel
         self.watching = Watched()
 
     @property
@@ -324,8 +336,7 @@ class NodeEvents:
             job_entry(j.id, "executing", j.worker, j.attempt)  # type: ignore[arg-type]
             for j in started
         ]
-        try:
-            for text in job_batches(queue, node, entries):
-                await self._engine.notify(self._engine.sql.events_channel, text)
+        try:  # every batch in one round trip
+            await self._notifier.notify(self._channel, *job_batches(queue, node, entries))
         except Exception as exc:  # events are informative; the jobs go on
             log.warning("could not publish job events of queue %s (%s)", queue, exc)

@@ -17,6 +17,7 @@ from kerrera._job import Job
 from kerrera._options import check_jobs
 from kerrera._schema import check_schema, migrate_sync
 from kerrera.engine.sync import SyncPostgresEngine
+from kerrera.notifier import Notifier, is_transactional
 
 if TYPE_CHECKING:
     from kerrera._app import Kerrera
@@ -48,8 +49,14 @@ class SyncKerrera:
                 migrate_sync(dsn, prefix)
             else:
                 check_schema(dsn, prefix)
-            self._engine = SyncPostgresEngine(dsn, prefix)
+            # An in-process notifier is the app's (made when its async side opens): found
+            # at each delivery, since the app makes a new one each time it opens.
+            local = None if is_transactional(self._app.config.notifier) else self._app_notifier
+            self._engine = SyncPostgresEngine(dsn, prefix, notifier=local)
         return self._engine
+
+    def _app_notifier(self) -> Notifier | None:
+        return self._app._notifier
 
     def close(self) -> None:
         """Close the connections this sync face holds (it reopens them when used again)."""
@@ -85,7 +92,7 @@ class SyncKerrera:
         `Kerrera.complete_job`); False when this attempt no longer owns the job."""
         if job.id is None:
             raise ConfigError("complete_job needs a saved, running job")
-        return self._open().complete_job(job.id, job.attempt, conn)
+        return self._open().complete_job(job.id, job.attempt, conn, job.owner)
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""

@@ -7,6 +7,10 @@ admits one row per key among rows whose state is listed. Concurrent transactions
 batch inserts therefore cannot both insert a duplicate. A finite `period` is honoured by
 retiring an older holder (its key is renamed `uniq_retired`) in the same statement as
 the insert.
+
+Rows without a key (Elixir Oban's, plain inserts) are matched the way Oban matches, by
+a lookup before the insert (`Unique.lookup`); that part is a check, not a guarantee
+(see engine/unique.py).
 """
 
 from __future__ import annotations
@@ -140,24 +144,48 @@ class Unique:
 
     def key(self, job: Job) -> str:
         """The identity of `job` under these options: equal keys are duplicates."""
-        parts: dict[str, Any] = {}
-        for name in self.fields:
-            value: Any = getattr(job, name)
-            if name in ("args", "meta"):
-                value = {
-                    k: v
-                    for k, v in (value or {}).items()
-                    if k not in UNKEYED
-                    and not k.startswith("uniq_")
-                    and (self.keys is None or k in self.keys)
-                }
-            parts[name] = value
+        parts = {name: self._compared(job, name) for name in self.fields}
         blob = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()[:32]
 
     def stamp(self, job: Job) -> dict[str, Any]:
         """The `meta` that makes the index see `job` (its key and counted states)."""
         return {"uniq_key": self.key(job), "uniq_states": list(self.states)}
+
+    def _compared(self, job: Job, name: str) -> Any:
+        """The part of field `name` of `job` that these options compare."""
+        value: Any = getattr(job, name)
+        if name not in ("args", "meta"):
+            return value
+        return {
+            k: v
+            for k, v in (value or {}).items()
+            if k not in UNKEYED
+            and not k.startswith("uniq_")
+            and (self.keys is None or k in self.keys)
+        }
+
+    def lookup(self, job: Job) -> dict[str, Any]:
+        """How to find a duplicate of `job` that carries no Kerrera key (a row that Elixir
+        Oban, or a plain insert, wrote), compared the way Oban compares.
+
+        Fields outside `fields` are None (not compared); `args`/`meta` are the compared
+        parts. With `keys` (`subset`), a row's value must contain them (Oban's jsonb
+        containment); without, its whole value, less the keys that never count, must
+        equal them. `lead` names the index the lookup starts from: GIN on args or meta
+        (containment of a non-empty part), else the (state, queue, ...) btree.
+        """
+        compared = {name: self._compared(job, name) for name in self.fields}
+        lead = next((n for n in ("args", "meta") if compared.get(n)), None)
+        return {
+            "lead": lead or ("queue" if "queue" in compared else "state"),
+            "worker": compared.get("worker"),
+            "queue": compared.get("queue"),
+            "args": compared.get("args"),
+            "meta": compared.get("meta"),
+            "subset": self.keys is not None,
+            "states": list(self.states),
+        }
 
 
 def _check_period(period: object) -> float | None:

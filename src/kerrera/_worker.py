@@ -6,9 +6,11 @@ node that can import the module can run its jobs; names resolve lazily on first 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import threading
+import time
 import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -272,19 +274,52 @@ def _register(name: str, target: type[Worker] | Worker) -> None:
         _INSTANCES.pop(name, None)
 
 
+#: Seconds a name that failed to import is remembered as unknown: a queue full of jobs
+#: whose worker is missing must not search `sys.path` again for every one of them, and a
+#: deploy that adds the module is picked up soon after.
+FAILED_IMPORT_TTL = 30.0
+_FAILED: dict[str, tuple[float, str]] = {}  # name -> (when it failed, the error message)
+_IMPORTING: dict[str, threading.Lock] = {}  # name -> held while it is being imported
+
+
+async def load_worker(name: str) -> Worker:
+    """`resolve_worker` for the event loop: a worker already loaded is returned at once;
+    importing a module (which may be slow, or block) runs in a thread, so that other
+    jobs, heartbeats and acks go on meanwhile."""
+    found = _INSTANCES.get(name)
+    if found is not None:
+        return found
+    return await asyncio.to_thread(resolve_worker, name)
+
+
 def resolve_worker(name: str) -> Worker:
     """Return the worker instance for a stored name, importing its module if needed.
 
-    Raises `UnknownWorkerError` when the name cannot be imported or is not a worker.
+    Raises `UnknownWorkerError` when the name cannot be imported or is not a worker (a
+    failed import is remembered for `FAILED_IMPORT_TTL` seconds).
     """
     found = _INSTANCES.get(name)
     if found is not None:
         return found
-    target = _REGISTRY.get(name) or _import_target(name)
+    target = _REGISTRY.get(name) or _import_remembering_failure(name)
     instance = target() if isinstance(target, type) else target
     with _LOCK:
         _INSTANCES[name] = instance
     return instance
+
+
+def _import_remembering_failure(name: str) -> type[Worker] | Worker:
+    with _LOCK:
+        importing = _IMPORTING.setdefault(name, threading.Lock())
+    with importing:  # jobs of one name that arrive together wait for one import
+        failed = _FAILED.get(name)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_IMPORT_TTL:
+            raise UnknownWorkerError(failed[1])
+        try:
+            return _import_target(name)
+        except UnknownWorkerError as exc:
+            _FAILED[name] = (time.monotonic(), str(exc))
+            raise
 
 
 def _import_target(name: str) -> type[Worker] | Worker:

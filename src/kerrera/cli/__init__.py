@@ -67,7 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="bring the schema up to date (or down)")
     _common(mig)
-    mig.add_argument("--down", type=int, metavar="N", help="revert the last N migrations")
+    mig.add_argument(
+        "--down",
+        type=int,
+        metavar="N",
+        help="revert the last N migrations (Oban's tables are kept: an Elixir node may use them)",
+    )
+    mig.add_argument(
+        "--drop-oban-tables",
+        action="store_true",
+        help="with --down past version 1: drop oban_jobs, oban_peers and their type too, "
+        "if Kerrera created them and they hold nothing",
+    )
     mig.add_argument("--status", action="store_true", help="print the current version only")
 
     start = sub.add_parser("start", help="run a worker node until SIGTERM/SIGINT")
@@ -219,27 +230,40 @@ def _migrate(args: argparse.Namespace) -> int:
     import psycopg
 
     from kerrera._embedded import resolve_dsn
-    from kerrera.migrations import LATEST_VERSION, current_version, migrate_down, migrate_up
+    from kerrera.migrations import LATEST_VERSION, current_version, migrate_up
 
+    if args.drop_oban_tables and args.down is None:
+        raise ConfigError("option '--drop-oban-tables' goes with '--down N'")
     dsn = resolve_dsn(args.dsn, args.data_dir)
     with psycopg.connect(dsn, autocommit=True) as conn:
         if args.status:
             print(f"version {current_version(conn, args.prefix)} (latest {LATEST_VERSION})")
         elif args.down is not None:
-            if args.down < 1:
-                raise ConfigError(
-                    f"option '--down' must be a number of steps >= 1, got {args.down}"
-                )
-            done = migrate_down(conn, args.prefix, args.down)
-            print(
-                f"reverted {done or 'nothing'}; now at version {current_version(conn, args.prefix)}"
-            )
+            _migrate_down(conn, args)
         else:
             done = migrate_up(conn, args.prefix)
             print(
                 f"applied {done or 'nothing'}; now at version {current_version(conn, args.prefix)}"
             )
     return 0
+
+
+def _migrate_down(conn: Any, args: argparse.Namespace) -> None:
+    from kerrera.migrations import current_version, migrate_down, oban_tables
+
+    if args.down < 1:
+        raise ConfigError(f"option '--down' must be a number of steps >= 1, got {args.down}")
+    done = migrate_down(conn, args.prefix, args.down, drop_oban_tables=args.drop_oban_tables)
+    print(f"reverted {done or 'nothing'}; now at version {current_version(conn, args.prefix)}")
+    kept = oban_tables(conn, args.prefix) if 1 in done else []
+    if kept:
+        print(
+            f"kept Oban's tables in {args.prefix} ({', '.join(kept)}): an Elixir node may "
+            "use them; --drop-oban-tables drops them when Kerrera created them and they "
+            "hold nothing"
+        )
+    elif 1 in done and args.drop_oban_tables:
+        print(f"dropped Oban's tables in {args.prefix}")
 
 
 async def _start(args: argparse.Namespace) -> int:
@@ -320,7 +344,7 @@ async def run_until_signalled(app: Any) -> None:
         flush=True,
     )
     await stop.wait()
-    stopping = asyncio.create_task(app.stop())
+    stopping = asyncio.create_task(app.stop(exiting=True))  # the process exits after it
     hurried = asyncio.create_task(hurry.wait())
     done, _ = await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
     if stopping not in done:

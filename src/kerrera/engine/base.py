@@ -17,8 +17,12 @@ class AckBatch:
     Plain completions are two parallel lists (the common case, one array each in SQL);
     every other outcome is a small dict (`id`, `attempt`, `state`, `delay`, `snooze`,
     `error`, `meta`); `released` are interrupted jobs to put back as available.
+    `producer` is the owner every ack is guarded by (`attempted_by[2]`, the uuid of the
+    producer that fetched the job): a row that another producer holds now, or whose
+    attempt was rolled back and fetched again elsewhere, never takes this ack.
     """
 
+    producer: str = ""
     done_ids: list[int] = field(default_factory=list)
     done_attempts: list[int] = field(default_factory=list)
     other: list[dict[str, Any]] = field(default_factory=list)
@@ -39,6 +43,21 @@ class AckBatch:
         self.released_ids.extend(older.released_ids)
         self.released_attempts.extend(older.released_attempts)
         self.notes.extend(older.notes)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSignal:
+    """How `set_queue_state` announces a queue command, in its transaction: `control` (a
+    JSON object) on Kerrera's control channel, with the idents signalled added as
+    `idents`; then one Oban `signal` payload, `head` + the ident as a JSON string + `tail`,
+    per ident: each of `idents`, plus `<name>.<node>` for every name in `oban_peers` when
+    `peers`."""
+
+    control: str
+    head: str
+    tail: str
+    idents: tuple[str, ...]
+    peers: bool
 
 
 class Engine(Protocol):
@@ -70,8 +89,11 @@ class Engine(Protocol):
     async def stage_jobs(self, limit: int) -> dict[str, int]:
         """Make due scheduled/retryable jobs available; return counts by queue."""
 
-    async def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
-        """Complete a running attempt on the caller's connection; False if it lost it."""
+    async def complete_job(
+        self, job_id: int, attempt: int, conn: Any, owner: str | None = None
+    ) -> bool:
+        """Complete a running attempt (fetched by producer `owner`) on the caller's
+        connection; False if it lost it."""
 
     async def get_jobs(self, ids: Sequence[int]) -> list[Job]:
         """Read jobs by id."""
@@ -115,9 +137,12 @@ class Engine(Protocol):
         """The database clock, naive UTC."""
 
     async def set_queue_state(
-        self, queue: str, node: str, changes: dict[str, Any], payload: str
+        self, queue: str, node: str, changes: dict[str, Any], signal: QueueSignal
     ) -> None:
-        """Persist a queue command and send its signal in one transaction."""
+        """Persist a queue command and announce it (`signal`) in one transaction."""
+
+    async def instance_names(self) -> list[str]:
+        """The instance names in `oban_peers` (signals for one node name them)."""
 
     async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
         """Persisted queue commands: (queue, node or '', paused, limit, running)."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -14,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from kerrera import _json
 from kerrera._job import Job
-from kerrera.engine.base import AckBatch
+from kerrera.engine.base import AckBatch, QueueSignal
 from kerrera.engine.inspect import InspectQueries
 from kerrera.engine.statements import (
     Statements,
@@ -22,14 +23,21 @@ from kerrera.engine.statements import (
     copied_jobs,
     copy_rows,
     flagged_job_row,
+    in_transaction,
+    insert_messages,
     insert_params,
     job_row,
+    pkill_message,
+    queue_messages,
     queue_state_params,
     saved_jobs,
     split_due,
 )
 from kerrera.engine.testing import TestingQueries
-from kerrera.engine.unique import insert_unique
+from kerrera.engine.unique import insert_unique, unique_row
+
+if TYPE_CHECKING:
+    from kerrera.notifier.base import Message, Notifier
 
 log = logging.getLogger("kerrera.engine")
 
@@ -71,6 +79,9 @@ class PostgresEngine(InspectQueries, TestingQueries):
             kwargs={"autocommit": True}, name=f"kerrera-{prefix}", configure=_configure,
             reconnect_timeout=float("inf"),
         )  # fmt: skip
+        #: Where this engine's notifications go (set by the app when it opens the engine).
+        #: None, or a transactional notifier: statements `pg_notify` themselves.
+        self.notifier: Notifier | None = None
 
     async def open(self) -> None:
         """Open the pool and wait until a first connection works."""
@@ -80,23 +91,51 @@ class PostgresEngine(InspectQueries, TestingQueries):
         """Close every pooled connection."""
         await self.pool.close()
 
-    async def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
+    async def _rows(
+        self, name: str, params: dict[str, Any], conn: Any = None, row_factory: Any = job_row
+    ) -> list[Any]:
         if conn is not None:
-            async with conn.cursor(row_factory=job_row) as cur:
+            async with conn.cursor(row_factory=row_factory) as cur:
                 await cur.execute(self.sql[name], params)
                 return await cur.fetchall()  # type: ignore[no-any-return]
         try:
-            return await self._pooled_rows(name, params)
+            return await self._pooled_rows(name, params, row_factory)
         except psycopg.OperationalError:
             if name not in _RETRYABLE:
                 raise
             await self._drop_dead_connections()
-            return await self._pooled_rows(name, params)  # once, on a checked connection
+            # once, on a checked connection
+            return await self._pooled_rows(name, params, row_factory)
 
-    async def _pooled_rows(self, name: str, params: dict[str, Any]) -> list[Job]:
-        async with self.pool.connection() as c, c.cursor(row_factory=job_row) as cur:
+    async def _pooled_rows(self, name: str, params: dict[str, Any], row_factory: Any) -> list[Any]:
+        async with self.pool.connection() as c, c.cursor(row_factory=row_factory) as cur:
             await cur.execute(self.sql[name], params)
             return await cur.fetchall()
+
+    # -- notifications -------------------------------------------------------------------
+    def _inline(self, channel: str) -> str | None:
+        """The one place that decides how a statement's notifications go out: the
+        channel for the statement's own `pg_notify` (delivered only if it commits, at no
+        extra round trip), or None when the notifier delivers in-process: the statement
+        then skips it and the engine passes the messages to `_hand_over` afterwards."""
+        notifier = self.notifier
+        return channel if notifier is None or notifier.transactional else None
+
+    async def _hand_over(self, channel: str, messages: Sequence[Message], conn: Any = None) -> None:
+        """Give an in-process notifier what a statement did not send itself. On a
+        caller's connection inside a transaction, delivery waits for its end (as NOTIFY
+        does: a producer woken before the commit would find nothing)."""
+        notifier = self.notifier
+        if notifier is None or notifier.transactional or not messages:
+            return
+        try:
+            if conn is not None and in_transaction(conn):
+                hold = functools.partial(in_transaction, conn)
+                notifier.notify_threadsafe(channel, *messages, hold=hold)
+            else:
+                await notifier.notify(channel, *messages)
+        except Exception as exc:  # the statement is done: never fail it for a wake-up
+            log.warning("could not hand %d notification(s) over (%s)", len(messages), exc)
 
     async def _drop_dead_connections(self) -> None:
         # One dead pooled connection usually means all of them died (a server restart,
@@ -135,10 +174,13 @@ class PostgresEngine(InspectQueries, TestingQueries):
             chunk = later[start : start + INSERT_BATCH]
             made = await self._insert_rows(conn, [jobs[i] for i in chunk])
             saved.update(zip(chunk, made, strict=True))
-        return [saved[i] for i in range(len(jobs))]
+        out = [saved[i] for i in range(len(jobs))]
+        if self._inline(self.sql.insert_channel) is None:
+            await self._hand_over(self.sql.insert_channel, insert_messages(out), conn)
+        return out
 
     async def _insert_rows(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        params = insert_params(jobs, self.sql.insert_channel)
+        params = insert_params(jobs, self._inline(self.sql.insert_channel))
         # The caller's connection may have any row factory: read plain tuples.
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(self.sql["insert_jobs"], params)
@@ -146,12 +188,12 @@ class PostgresEngine(InspectQueries, TestingQueries):
         return saved_jobs(jobs, rows)
 
     async def _insert_unique(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        steps = insert_unique(jobs, self.sql.insert_channel)
+        steps = insert_unique(jobs, self._inline(self.sql.insert_channel))
         rows: Any = None
         try:
             while True:
                 name, params = steps.send(rows)
-                async with conn.cursor(row_factory=flagged_job_row) as cur:
+                async with conn.cursor(row_factory=unique_row) as cur:
                     await cur.execute(self.sql[name], params)
                     rows = await cur.fetchall()
         except StopIteration as done:
@@ -176,9 +218,11 @@ class PostgresEngine(InspectQueries, TestingQueries):
         async with conn.cursor().copy(self.sql["copy_jobs"]) as copy:
             for row in copy_rows(ids, jobs):
                 await copy.write_row(row)
-        await conn.execute(self.sql["notify_queues"], {
-            "channel": self.sql.insert_channel, "queues": sorted({j.queue for j in jobs}),
-        })  # fmt: skip
+        channel = self._inline(self.sql.insert_channel)
+        if channel is not None:  # (else `_insert_on` hands the wake-ups over)
+            await conn.execute(self.sql["notify_queues"], {
+                "channel": channel, "queues": sorted({j.queue for j in jobs}),
+            })  # fmt: skip
         return copied_jobs(ids, at, jobs)
 
     async def fetch_jobs(
@@ -197,12 +241,16 @@ class PostgresEngine(InspectQueries, TestingQueries):
             await self._rows("fetch_jobs", ack_params(acks), conn)
 
     async def _release(self, acks: AckBatch) -> None:
+        channel = self._inline(self.sql.insert_channel)
         async with self.pool.connection() as c:
-            await c.execute(self.sql["release_jobs"], {
+            cur = await c.execute(self.sql["release_jobs"], {
                 "ids": acks.released_ids, "attempts": acks.released_attempts,
-                "channel": self.sql.insert_channel,
+                "owner": acks.producer, "channel": channel,
             })  # fmt: skip
+            queues = sorted({row[1] for row in await cur.fetchall()})
         acks.released_ids, acks.released_attempts = [], []
+        if channel is None and queues:
+            await self._hand_over(self.sql.insert_channel, queue_messages(queues))
 
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
         async with self.pool.connection() as c:
@@ -224,30 +272,42 @@ class PostgresEngine(InspectQueries, TestingQueries):
             await c.execute(self.sql["forget_producers"], {"uuids": list(uuids)})
 
     async def rescue_jobs(self, ttl: float, rescue_after: float) -> tuple[int, int]:
-        async with self.pool.connection() as c:
-            cur = await c.execute(self.sql["rescue_jobs"], {
-                "ttl": ttl, "rescue_after": rescue_after, "channel": self.sql.insert_channel,
-            })  # fmt: skip
-            row = await cur.fetchone()
-            return (int(row[0]), int(row[1])) if row else (0, 0)
+        rows = await self._execute("rescue_jobs", {
+            "ttl": ttl, "rescue_after": rescue_after,
+            "channel": self._inline(self.sql.insert_channel),
+        })  # fmt: skip
+        if not rows:
+            return 0, 0
+        rescued, expired, queues = rows[0]
+        await self._hand_over(self.sql.insert_channel, queue_messages(queues))
+        return int(rescued), int(expired)
 
     async def stage_jobs(self, limit: int) -> dict[str, int]:
-        async with self.pool.connection() as c:
-            cur = await c.execute(
-                self.sql["stage_jobs"], {"limit": limit, "channel": self.sql.insert_channel}
-            )
-            return {queue: int(n) for queue, n, _ in await cur.fetchall()}
+        rows = await self._execute(
+            "stage_jobs", {"limit": limit, "channel": self._inline(self.sql.insert_channel)}
+        )
+        staged = {queue: int(n) for queue, n, _ in rows}
+        await self._hand_over(self.sql.insert_channel, queue_messages(staged))
+        return staged
 
-    async def complete_job(self, job_id: int, attempt: int, conn: Any) -> bool:
+    async def complete_job(
+        self, job_id: int, attempt: int, conn: Any, owner: str | None = None
+    ) -> bool:
+        params = {"id": job_id, "attempt": attempt, "owner": owner}
         async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(self.sql["complete_job"], {"id": job_id, "attempt": attempt})
+            await cur.execute(self.sql["complete_job"], params)
             return await cur.fetchone() is not None
 
     async def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         return await self._rows("get_jobs", {"ids": list(ids)}, conn)
 
     async def retry_jobs(self, ids: Sequence[int]) -> list[Job]:
-        params = {"ids": list(ids), "channel": self.sql.insert_channel}
+        retried = await self._retry(ids)
+        await self._hand_over(self.sql.insert_channel, insert_messages(retried))
+        return retried
+
+    async def _retry(self, ids: Sequence[int]) -> list[Job]:
+        params = {"ids": list(ids), "channel": self._inline(self.sql.insert_channel)}
         for _ in range(UNIQUE_RACE_ATTEMPTS - 1):
             try:
                 return await self._rows("retry_jobs", params)
@@ -256,16 +316,20 @@ class PostgresEngine(InspectQueries, TestingQueries):
         return await self._rows("retry_jobs", params)
 
     async def cancel_jobs(self, ids: Sequence[int]) -> list[Job]:
-        return await self._rows(
-            "cancel_jobs", {"ids": list(ids), "signal": self.sql.signal_channel}
-        )
+        params = {"ids": list(ids), "signal": self._inline(self.sql.signal_channel)}
+        rows = await self._rows("cancel_jobs", params, row_factory=flagged_job_row)
+        kills = [pkill_message(job.id) for job, live in rows if live]
+        await self._hand_over(self.sql.signal_channel, kills)
+        return [job for job, _ in rows]
 
     async def delete_jobs(self, ids: Sequence[int]) -> list[Job]:
         return await self._rows("delete_jobs", {"ids": list(ids)})
 
-    async def notify(self, channel: str, payload: str) -> None:
+    async def notify(self, channel: str, *payloads: str) -> None:
+        """Send encoded payloads on `channel` with `pg_notify`, in one statement. This is
+        the Postgres notifier's transport: everything else sends through the notifier."""
         async with self.pool.connection() as c:
-            await c.execute(self.sql["notify"], {"channel": channel, "payload": payload})
+            await c.execute(self.sql["notify"], {"channel": channel, "payloads": list(payloads)})
 
     async def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as c, c.cursor(row_factory=tuple_row) as cur:
@@ -282,10 +346,12 @@ class PostgresEngine(InspectQueries, TestingQueries):
 
     async def resign_leader(self, name: str, node: str, started_at: datetime) -> None:
         """Give the lease up (if held) and notify the others."""
-        await self._execute("resign_leader", {
+        rows = await self._execute("resign_leader", {
             "name": name, "node": node, "started_at": started_at,
-            "channel": self.sql.leader_channel,
+            "channel": self._inline(self.sql.leader_channel),
         })  # fmt: skip
+        downs: list[Message] = [{"down": row[0]} for row in rows]
+        await self._hand_over(self.sql.leader_channel, downs)
 
     async def get_leader(self, name: str) -> str | None:
         """The node holding the unexpired lease of `name`, if any."""
@@ -339,13 +405,22 @@ class PostgresEngine(InspectQueries, TestingQueries):
 
     # -- queue control --------------------------------------------------------------------
     async def set_queue_state(
-        self, queue: str, node: str, changes: dict[str, Any], payload: str
+        self, queue: str, node: str, changes: dict[str, Any], signal: QueueSignal
     ) -> None:
-        """Persist a queue command (`changes`: paused / limit / running) and signal it."""
-        await self._execute(
-            "set_queue_state",
-            queue_state_params(queue, node, changes, payload, self.sql.signal_channel),
+        """Persist a queue command (`changes`: paused / limit / running) and announce it
+        (`signal`: see `QueueSignal`), in one transaction."""
+        channel = self._inline(self.sql.signal_channel)
+        control = None if channel is None else self.sql.control_channel
+        rows = await self._execute(
+            "set_queue_state", queue_state_params(queue, node, changes, signal, channel, control)
         )
+        # (Only for an in-process notifier: otherwise the statement sent them itself.)
+        await self._hand_over(self.sql.control_channel, [p for n, p, _ in rows if n == 1])
+        await self._hand_over(self.sql.signal_channel, [p for n, p, _ in rows if n == 2])
+
+    async def instance_names(self) -> list[str]:
+        """The instance names in `oban_peers`."""
+        return [row[0] for row in await self._execute("instance_names", {})]
 
     async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
         """Persisted queue commands for every node ('') and for `node`."""
@@ -363,8 +438,10 @@ class PostgresEngine(InspectQueries, TestingQueries):
         attempt still owns the job. Returns whether it did."""
         rows = await self._execute("write_progress", {
             "id": job_id, "attempt": attempt, "progress": _json.dumps(progress),
-            "channel": self.sql.events_channel, "payload": message,
+            "channel": self._inline(self.sql.events_channel), "payload": message,
         })  # fmt: skip
+        if rows:
+            await self._hand_over(self.sql.events_channel, [message])
         return bool(rows)
 
     async def listen_connection(self) -> psycopg.AsyncConnection[Any]:

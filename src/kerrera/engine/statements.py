@@ -7,15 +7,18 @@ the shape of their parameters so the two never drift apart.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
+from psycopg.pq import TransactionStatus
+
 from kerrera import _json
 from kerrera._errors import ConfigError
 from kerrera._job import Job, JobState
+from kerrera.engine.base import QueueSignal
 
 _STATES: dict[str, JobState] = {s.value: s for s in JobState}
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -124,7 +127,7 @@ class Statements:
         return self._sql[name]
 
 
-def insert_params(jobs: list[Job], channel: str) -> dict[str, Any]:
+def insert_params(jobs: list[Job], channel: str | None) -> dict[str, Any]:
     """Parameters of `insert_jobs`: the whole batch as one JSON array."""
     rows = [
         {
@@ -137,7 +140,31 @@ def insert_params(jobs: list[Job], channel: str) -> dict[str, Any]:
     return {"jobs": _json.dumps(rows), "channel": channel}
 
 
-def unique_params(jobs: list[Job], keys: list[str], channel: str) -> dict[str, Any]:
+def queue_messages(queues: Iterable[str]) -> list[dict[str, Any]]:
+    """The `insert` notifications (Oban's `{"queue": ...}`) that statements send with
+    `pg_notify`, one per queue, for an in-process notifier to deliver instead."""
+    return [{"queue": queue} for queue in sorted(set(queues))]
+
+
+def insert_messages(jobs: Iterable[Job]) -> list[dict[str, Any]]:
+    """The `insert` notifications for saved jobs: one per queue given available jobs."""
+    return queue_messages(j.queue for j in jobs if j.state is JobState.AVAILABLE)
+
+
+def pkill_message(job_id: int) -> dict[str, Any]:
+    """Oban's signal asking the node that runs `job_id` to stop it."""
+    return {"action": "pkill", "job_id": job_id}
+
+
+def in_transaction(conn: Any) -> bool:
+    """Whether `conn` (psycopg) is inside a transaction that has not ended: what a
+    statement notified on it must wait for the commit, as PostgreSQL's NOTIFY does."""
+    status = conn.info.transaction_status
+    return status in (TransactionStatus.ACTIVE, TransactionStatus.INTRANS,
+                      TransactionStatus.INERROR)  # fmt: skip
+
+
+def unique_params(jobs: list[Job], keys: list[str], channel: str | None) -> dict[str, Any]:
     """Parameters of `insert_unique`: each job with its key stamped into `meta`."""
     rows = []
     for j, key in zip(jobs, keys, strict=True):
@@ -156,11 +183,15 @@ def unique_params(jobs: list[Job], keys: list[str], channel: str) -> dict[str, A
 
 
 def queue_state_params(
-    queue: str, node: str, changes: dict[str, Any], payload: str, channel: str
-) -> dict[str, Any]:
-    """Parameters of `set_queue_state`: which fields the command sets, and to what."""
+    queue: str, node: str, changes: dict[str, Any], signal: QueueSignal,
+    channel: str | None, control_channel: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Parameters of `set_queue_state`: which fields the command sets, and to what, and
+    how it is announced (`channel`: Oban's signal channel, None to send nothing)."""
     return {
-        "queue": queue, "node": node, "channel": channel, "payload": payload,
+        "queue": queue, "node": node, "channel": channel, "control_channel": control_channel,
+        "control": signal.control, "head": signal.head, "tail": signal.tail,
+        "idents": list(signal.idents), "peers": signal.peers,
         "set_paused": "paused" in changes, "paused": changes.get("paused"),
         "set_limit": "limit" in changes, "limit": changes.get("limit"),
         "set_running": "running" in changes, "running": changes.get("running"),
@@ -307,6 +338,7 @@ def ack_params(acks: Any, queue: str = "", demand: int = 0, node: str = "",
         "done_attempts": array_literal(acks.done_attempts),
         "acks": _json.dumps(acks.other) if acks.other else "[]",
         "queue": queue, "demand": demand, "node": node, "producer": producer,
+        "owner": acks.producer,
     }  # fmt: skip
 
 

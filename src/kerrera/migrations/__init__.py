@@ -2,9 +2,10 @@
 
 Kerrera keeps its own version in `<prefix>.kerrera_migrations` and never touches the
 `'14'` comment that Oban keeps on `oban_jobs`. Migration 1 creates Oban's v14 layout only
-when it is missing, and remembers whether it did, so that migrating down never drops a
-table that an Elixir Oban created. All steps of one run happen in one transaction under
-an advisory lock, so nodes that start together migrate once.
+when it is missing, and remembers whether it did. Migrating down never drops Oban's
+tables unless asked to (`drop_oban_tables`), and then only empty ones that Kerrera
+created: an Elixir node may have adopted them. A run holds an advisory lock (each step
+in a transaction of its own), so nodes that start together migrate once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from kerrera.migrations._runner import (
     current_version,
     migrate_down,
     migrate_up,
+    oban_tables,
 )
 
 __all__ = [
@@ -25,4 +27,5 @@ __all__ = [
     "current_version",
     "migrate_down",
     "migrate_up",
+    "oban_tables",
 ]

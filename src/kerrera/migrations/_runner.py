@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from kerrera._errors import SchemaError
+from kerrera._errors import ConfigError, SchemaError
 from kerrera.engine.statements import check_prefix
 from kerrera.migrations import _steps
 
@@ -126,31 +126,80 @@ def migrate_up(
 
 
 def migrate_down(
-    conn: psycopg.Connection[Any], prefix: str = "public", steps: int = 1
+    conn: psycopg.Connection[Any],
+    prefix: str = "public",
+    steps: int = 1,
+    *,
+    drop_oban_tables: bool = False,
 ) -> list[int]:
-    """Revert the last `steps` migrations; return the versions reverted."""
+    """Revert the last `steps` migrations; return the versions reverted.
+
+    Reverting version 1 removes Kerrera's last objects (its version table included) and
+    leaves Oban's `oban_jobs`, `oban_peers` and `oban_job_state` where they are: an
+    Elixir node may share them. `drop_oban_tables=True` drops them too, only if Kerrera
+    created them and they are unused (no job, no leader's row, Kerrera's version
+    comment); otherwise it raises `SchemaError` naming what they hold, before reverting
+    anything.
+    """
     if steps < 1:
         raise ValueError("steps must be >= 1")
     p = _quoted(prefix)
     reverted: list[int] = []
     with _migration_lock(conn, prefix):
         version = current_version(conn, prefix)
-        if version == 0:
-            return reverted
-        notes = dict(conn.execute(f"SELECT version, note FROM {p}.kerrera_migrations").fetchall())
-        for step in reversed(MIGRATIONS):
-            if len(reverted) == steps:
-                break
-            if step.version <= version:
-                with _step(conn, step), conn.cursor() as cur:
-                    step.down(cur, p, notes.get(step.version, ""))
-                with conn.transaction():
-                    conn.execute(
-                        f"DELETE FROM {p}.kerrera_migrations WHERE version = %s", (step.version,)
-                    )
-                log.info("migrated %s down from version %d", prefix, step.version)
-                reverted.append(step.version)
+        todo = [m for m in reversed(MIGRATIONS) if m.version <= version][:steps]
+        notes = _notes(conn, p) if version else {}
+        if drop_oban_tables:
+            _check_oban_drop(conn, prefix, [m.version for m in todo], notes.get(1, ""))
+        for step in todo:
+            with _step(conn, step), conn.cursor() as cur:
+                step.down(cur, p, notes.get(step.version, ""))
+                if step.version == 1 and drop_oban_tables:
+                    _steps.drop_oban_tables(cur, p, notes.get(1, ""))
+            with conn.transaction():
+                conn.execute(
+                    f"DELETE FROM {p}.kerrera_migrations WHERE version = %s", (step.version,)
+                )
+            log.info("migrated %s down from version %d", prefix, step.version)
+            reverted.append(step.version)
+        if 1 in reverted:
+            conn.execute(f"DROP TABLE IF EXISTS {p}.kerrera_migrations")
+            if not drop_oban_tables:
+                log.info("kept Oban's tables in %s (pass drop_oban_tables to drop them)", prefix)
     return reverted
+
+
+def oban_tables(conn: psycopg.Connection[Any], prefix: str = "public") -> list[str]:
+    """Oban's tables and enum type present in `prefix` (what a down migration keeps)."""
+    with conn.cursor() as cur:
+        return _steps.oban_tables(cur, _quoted(prefix))
+
+
+def _notes(conn: psycopg.Connection[Any], p: str) -> dict[int, str]:
+    rows = conn.execute(f"SELECT version, note FROM {p}.kerrera_migrations").fetchall()
+    return {int(v): str(n) for v, n in rows}
+
+
+def _check_oban_drop(
+    conn: psycopg.Connection[Any], prefix: str, versions: list[int], note: str
+) -> None:
+    """Refuse `drop_oban_tables` up front: when the run stops above version 1, or when
+    the tables are in use (checked again, under a lock, just before the drop)."""
+    if not versions:
+        raise ConfigError(
+            f"option 'drop_oban_tables': Kerrera's schema is not installed in {prefix!r}, "
+            "so nothing shows that Kerrera created Oban's tables there; drop them by hand "
+            "if no Elixir node needs them"
+        )
+    if 1 not in versions:
+        raise ConfigError(
+            "option 'drop_oban_tables' applies only to a down migration below version 1 "
+            f"(this one reverts {versions})"
+        )
+    with conn.cursor() as cur:
+        reasons = _steps.oban_tables_in_use(cur, _quoted(prefix), note)
+    if reasons:
+        raise SchemaError(_steps.refusal(_quoted(prefix), reasons) + "; nothing was reverted")
 
 
 @contextmanager

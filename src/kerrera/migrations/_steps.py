@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kerrera._errors import SchemaError
 from kerrera.engine.statements import unique_predicate
 
 OBAN_V14 = """
@@ -69,12 +70,86 @@ def up_1(cur: Any, p: str) -> str:
 
 
 def down_1(cur: Any, p: str, note: str) -> None:
-    owned = set(filter(None, (note or "").split(",")))
-    if "oban_peers" in owned:
-        cur.execute(f"DROP TABLE IF EXISTS {p}.oban_peers")
-    if "oban_jobs" in owned:
-        cur.execute(f"DROP TABLE IF EXISTS {p}.oban_jobs")
-        cur.execute(f"DROP TYPE IF EXISTS {p}.oban_job_state")
+    """Nothing: Oban's tables outlive Kerrera's schema. Once an Elixir node shares them
+    they hold its jobs, so only an explicit request drops them (`drop_oban_tables`)."""
+
+
+#: Oban's version of its table, as Kerrera writes it when it creates the table. Another
+#: number (or `∞`) there was written by an Oban migrator.
+OBAN_VERSION = "14"
+#: How many workers a refusal names.
+TOP_WORKERS = 5
+
+
+def oban_tables(cur: Any, p: str) -> list[str]:
+    """Oban's objects that exist in the schema."""
+    cur.execute(
+        "SELECT name FROM unnest(ARRAY['oban_jobs', 'oban_peers']) AS name "
+        "WHERE to_regclass(%s || '.' || name) IS NOT NULL "
+        "UNION ALL SELECT 'oban_job_state' WHERE to_regtype(%s || '.oban_job_state') IS NOT NULL",
+        (p, p),
+    )
+    return [name for (name,) in cur.fetchall()]
+
+
+def oban_tables_in_use(cur: Any, p: str, note: str) -> list[str]:
+    """Why Oban's tables must not be dropped (empty: they may be). What can be proven:
+    rows in either table, a version comment Kerrera did not write, and tables Kerrera
+    did not create (the note of migration 1). A past Elixir node that left no row behind
+    (its jobs pruned, its leader row gone) cannot be told apart from none."""
+    created = set(filter(None, note.split(",")))
+    present = [t for t in oban_tables(cur, p) if t != "oban_job_state"]
+    reasons = [f"Kerrera did not create {t}" for t in present if t not in created]
+    if "oban_jobs" in present:
+        reasons += _jobs_held(cur, p)
+    if "oban_peers" in present:
+        cur.execute(f"SELECT name, node FROM {p}.oban_peers ORDER BY name")
+        peers = ", ".join(f"{name!r} on {node}" for name, node in cur.fetchall())
+        if peers:
+            reasons.append(f"oban_peers holds a leader's row ({peers})")
+    return reasons
+
+
+def _jobs_held(cur: Any, p: str) -> list[str]:
+    reasons = []
+    cur.execute(f"SELECT obj_description('{p}.oban_jobs'::regclass, 'pg_class')")
+    (version,) = cur.fetchone()
+    if version != OBAN_VERSION:
+        found = "no version comment" if version is None else f"Oban migration version {version!r}"
+        reasons.append(
+            f"oban_jobs carries {found}, not the {OBAN_VERSION!r} Kerrera wrote: "
+            "an Oban migrator has been at it"
+        )
+    cur.execute(
+        f"SELECT worker, count(*) FROM {p}.oban_jobs GROUP BY worker ORDER BY 2 DESC, worker"
+    )
+    workers = cur.fetchall()
+    if workers:
+        total = sum(n for _, n in workers)
+        top = ", ".join(f"{w}: {n}" for w, n in workers[:TOP_WORKERS])
+        more = ", ..." if len(workers) > TOP_WORKERS else ""
+        reasons.append(f"oban_jobs holds {total} job(s) ({top}{more})")
+    return reasons
+
+
+def drop_oban_tables(cur: Any, p: str, note: str) -> None:
+    """Drop Oban's tables and type, in the caller's transaction, after checking again
+    under a lock that no insert can slip past. Raises SchemaError naming what they hold."""
+    present = [t for t in oban_tables(cur, p) if t != "oban_job_state"]
+    if present:
+        tables = ", ".join(f"{p}.{t}" for t in present)
+        cur.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+    reasons = oban_tables_in_use(cur, p, note)
+    if reasons:
+        raise SchemaError(refusal(p, reasons))
+    cur.execute(f"DROP TABLE IF EXISTS {p}.oban_peers")
+    cur.execute(f"DROP TABLE IF EXISTS {p}.oban_jobs")
+    cur.execute(f"DROP TYPE IF EXISTS {p}.oban_job_state")
+
+
+def refusal(p: str, reasons: list[str]) -> str:
+    """The message of a refused `drop_oban_tables`."""
+    return f"refusing to drop Oban's tables in {p}: {'; '.join(reasons)}"
 
 
 def _build_concurrently(cur: Any, p: str, name: str, definition: str) -> None:

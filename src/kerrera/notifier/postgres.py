@@ -12,7 +12,7 @@ import psycopg
 from kerrera._backoff import reconnect_backoff
 from kerrera.engine.postgres import PostgresEngine
 from kerrera.notifier import payload
-from kerrera.notifier.base import ListenerRegistry
+from kerrera.notifier.base import ListenerRegistry, Message
 
 log = logging.getLogger("kerrera.notifier")
 
@@ -30,6 +30,9 @@ class PostgresNotifier(ListenerRegistry):
     cannot carry LISTEN: point the notifier at PostgreSQL itself.
     """
 
+    #: The engine's statements notify inside their own transaction: LISTEN hears them.
+    transactional = True
+
     def __init__(self, engine: PostgresEngine) -> None:
         super().__init__()
         self._engine = engine
@@ -42,6 +45,7 @@ class PostgresNotifier(ListenerRegistry):
         """Start listening; wait (up to a few seconds) until LISTEN is in place, so that a
         signal sent right after the node started is heard. If the database is away, go
         on: producers poll meanwhile."""
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="kerrera-notifier")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), _READY_WAIT)
@@ -51,6 +55,7 @@ class PostgresNotifier(ListenerRegistry):
         # while psycopg waits in notifies() was seen to stay stuck there. The flag ends the
         # loop at the next wait timeout at the latest.
         self._stopping = True
+        self._cancel_held()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -59,8 +64,12 @@ class PostgresNotifier(ListenerRegistry):
                 log.warning("the notifier did not stop in time; closing its connection")
         await self._close()
 
-    async def notify(self, channel: str, message: dict[str, Any]) -> None:
-        await self._engine.notify(channel, payload.encode(message))
+    async def notify(self, channel: str, *messages: Message) -> None:
+        """Send `messages` with `pg_notify`, all in one statement (on a pooled
+        connection: this works before `start` too, for apps that only insert)."""
+        if messages:
+            texts = [m if isinstance(m, str) else payload.encode(m) for m in messages]
+            await self._engine.notify(channel, *texts)
 
     def _set_status(self, up: bool) -> None:
         if up == self._up:
@@ -113,8 +122,4 @@ class PostgresNotifier(ListenerRegistry):
         except Exception:
             log.warning("dropping undecodable notification on %s: %.80r", channel, raw)
             return
-        for listener in self._listeners.get(channel, []):
-            try:
-                listener(channel, message)
-            except Exception:
-                log.exception("notification listener failed on %s", channel)
+        self._deliver(channel, message)

@@ -21,7 +21,7 @@ from kerrera._backoff import default_backoff
 from kerrera._errors import JobTimeoutError, UnknownWorkerError
 from kerrera._job import Job
 from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
-from kerrera._worker import Worker, resolve_worker
+from kerrera._worker import Worker, load_worker
 from kerrera.queue.observed import flush_progress, observed
 from kerrera.queue.threads import DaemonThreadPool
 from kerrera.telemetry import _bus
@@ -71,7 +71,7 @@ class Executor:
     ) -> tuple[dict[str, Any] | None, BaseException | None]:
         """`perform` without telemetry: the ack, and the exception that failed the job."""
         try:
-            worker = resolve_worker(job.worker)
+            worker = await load_worker(job.worker)
         except Exception as exc:  # unknown name, or a worker class that cannot be built
             trace = not isinstance(exc, UnknownWorkerError)
             return failure(job, None, exc, with_traceback=trace), exc
@@ -231,6 +231,7 @@ def unwritable(ack: dict[str, Any], exc: BaseException) -> dict[str, Any]:
         "state": state,
         "delay": 0.0,
         "error": _error(ack["attempt"], text),
+        "unwritable": True,  # (a replacement is never replaced again)
     }
 
 

@@ -4,15 +4,19 @@ The loop sleeps until something happens (a notification, a job finishing, the po
 tick), then makes one round trip that both writes the acks of every job finished since
 the last trip and claims as many new jobs as there are free slots. Under load a trip
 carries tens of acks and fetches, so transactions per job stay far below one.
+
+Every job the producer holds, from its fetch until its ack is written, has one entry in
+a `Ledger` (see ledger.py): what may be reclaimed, released or counted against the limit
+is derived from it, never from loose lists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -23,9 +27,13 @@ from kerrera._job import Job
 from kerrera.engine.base import AckBatch, Engine
 from kerrera.engine.errors import is_transient
 from kerrera.queue.executor import Executor, cancelled, unwritable
+from kerrera.queue.ledger import RELEASE, Held, Ledger, Outcome, Phase
 from kerrera.queue.observed import outcome_state
 
 log = logging.getLogger("kerrera.producer")
+
+#: The longest wait before a refused ack is tried again (seconds).
+REFUSED_RETRY_CAP = 60.0
 
 
 class JobEvents(Protocol):
@@ -39,6 +47,14 @@ class JobEvents(Protocol):
         self, queue: str, node: str, done: list[dict[str, Any]], started: list[Job]
     ) -> None:
         """Publish outcomes just written (`done`) and jobs just started; never raises."""
+
+
+class Threads(enum.Enum):
+    """What a stopping producer does about sync threads that outlive their jobs."""
+
+    WAIT = "wait"  # the node lives on (stop_queue): wait for them, then write their acks
+    LEAVE = "leave"  # the app stops in a process that lives on: leave their jobs executing
+    ABANDON = "abandon"  # the process exits, and the threads with it: release their jobs
 
 
 class Producer:
@@ -56,38 +72,34 @@ class Producer:
         self.paused = paused
         self.started_at: datetime | None = None
         self.poll_interval = poll_interval
+        #: Jobs whose body runs now, by id: (job, its task), for pkill and reports.
         self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        #: Every job held, from fetch to written ack (see ledger.py).
+        self.ledger = Ledger()
         self._engine = engine
         self._executor = executor
-        self._acks = AckBatch()
+        self._notes: list[dict[str, Any]] = []  # job events to publish after the next ack
         self._wake = asyncio.Event()
-        self._more = True  # jobs may be waiting: fetch when there is room
+        self._jobs_waiting = True  # jobs may be waiting: fetch when there is room
         self._stopping = False
-        self._killed: set[int] = set()
+        self._threads_at_stop = Threads.WAIT
         self._task: asyncio.Task[None] | None = None
         # One round trip in flight at a time. Two would overlap Python and PostgreSQL,
         # but measured 15-25 % slower on a 2-core machine where a psycopg round trip is
         # costly: halving the batch cost more than the overlap gained (bench/README.md).
         self._cycle_task: asyncio.Task[None] | None = None
         self._wakes = 0  # counts wake-ups, so a fetch can tell if one came meanwhile
-        self._cancel_all = False
-        self._failures = 0
-        # Sync jobs whose run ended (timeout, pkill, release) while their thread ran on,
-        # by job id: the slot stays taken, and the job's ack is written, only once the
-        # thread is free, so the job can never run again while its thread still runs.
-        self._threads: dict[int, asyncio.Future[None]] = {}
-        # Acks waiting for such a thread, by job id (written when it ends, or at once
-        # when a node shutdown abandons the threads: the process is about to exit).
-        self._deferred: dict[int, Callable[[], None]] = {}
-        self._abandon = False
+        self._releasing = False  # shutdown gave up waiting: running jobs go back
+        self._failures = 0  # consecutive failed cycles
+        self.restarts = 0  #: times the loop died of an unexpected error and was restarted
         # Producers of the same queue still draining after stop_queue: their jobs count
         # against this one's limit until they are done; they wake this one as they free.
         self._predecessors = list(predecessors or ())
         for old in self._predecessors:
             old.successor = self
         self.successor: Producer | None = None
-        #: False once `stop` gave up on writing some final acks (those jobs stay
-        #: executing, for the lifeline to rescue once this producer's heartbeat expires).
+        #: False once `stop` left jobs executing (a final ack not written, or a thread
+        #: still running): the producer's row then expires and the lifeline rescues them.
         self.clean = True
         # Jobs this producer finished, by outcome (see `counts`); plain completions are
         # counted apart, the cheapest way on the hot path.
@@ -96,7 +108,6 @@ class Producer:
         # Whether job events are being published: read once per cycle, not per job.
         self._watching = False
         # Jobs still running when a stop's grace period ended (for `queue.shutdown`).
-        self._left_running = 0
         self._left_ids: list[int] = []
         # Publishes job starts and outcomes while someone subscribes (None: never).
         self._events = events
@@ -106,11 +117,11 @@ class Producer:
         """Begin fetching (call on the running loop)."""
         self.started_at = datetime.now(UTC).replace(tzinfo=None)
         self._wake.set()  # look for waiting jobs at once, not after the first poll interval
-        self._task = asyncio.create_task(self._run(), name=f"kerrera-producer-{self.queue}")
+        self._task = asyncio.create_task(self._supervise(), name=f"kerrera-producer-{self.queue}")
 
     def wake(self) -> None:
         """Jobs may be available (an insert notification or a staged batch)."""
-        self._more = True
+        self._jobs_waiting = True
         self._wakes += 1  # a fetch in flight must not forget this wake-up
         self._wake.set()
 
@@ -140,7 +151,6 @@ class Producer:
         entry = self.running.get(job_id)
         if entry is None:
             return False
-        self._killed.add(job_id)
         entry[0].cancel_requested = True
         entry[1].cancel()
         return True
@@ -154,51 +164,53 @@ class Producer:
             "started_at": self.started_at, "counts": dict(self.counts),
         }  # fmt: skip
 
-    async def stop(self, grace: float, *, abandon_threads: bool = False) -> int:
-        """Stop fetching, give running jobs `grace` seconds, then cancel and release the
-        rest (back to available, attempt not spent). Returns how many were released.
+    async def stop(self, grace: float, *, threads: Threads = Threads.WAIT) -> int:
+        """Stop fetching, give running jobs `grace` seconds, then cancel the rest and put
+        them back to available (attempt not spent). Returns how many were cancelled.
 
-        A sync job's thread cannot be stopped: its job is released only once the thread
-        ends, unless `abandon_threads` (the node is shutting down and its process exits,
-        taking the daemon threads with it)."""
+        A sync job's thread cannot be stopped, and its job is put back only once the
+        thread has ended: `threads` says whether to wait for such threads (WAIT, the node
+        lives on), leave their jobs executing for the lifeline (LEAVE, the app stops in a
+        process that lives on), or release them at once (ABANDON, the process exits and
+        the daemon threads with it)."""
         self._stopping = True
+        self._threads_at_stop = threads
         self._wake.set()
         task = self._task
         if task is None:
             return 0
         began = time.perf_counter()
         try:
-            released = await self._stop(task, grace, abandon_threads)
+            return await self._stop(task, grace, threads)
         finally:
             if telemetry.active("queue.shutdown"):
                 took = time.perf_counter() - began
                 telemetry.execute(
                     "queue.shutdown",
-                    {"running": self._left_running, "duration": took},
+                    {"running": len(self._left_ids), "duration": took},
                     {"queue": self.queue, "node": self.node, "producer": self.uuid,
                      "job_ids": self._left_ids, "clean": self.clean},
                 )  # fmt: skip
-        return released
 
-    async def _stop(self, task: asyncio.Task[None], grace: float, abandon_threads: bool) -> int:
+    async def _stop(self, task: asyncio.Task[None], grace: float, threads: Threads) -> int:
         released = 0
         try:
             await asyncio.wait_for(asyncio.shield(task), grace)
         except TimeoutError:
-            released = len(self.running)
-            self._left_running = released
             self._left_ids = sorted(self.running)
+            released = len(self._left_ids)
             log.warning(
-                "queue %s: %d job(s) still running after %.1fs; releasing them",
+                "queue %s: %d job(s) still running after %.1fs; putting them back",
                 self.queue,
                 released,
                 grace,
             )
-            self.hurry(abandon_threads=abandon_threads)
-            if not abandon_threads:
+            self.hurry(abandon_threads=threads is Threads.ABANDON)
+            if threads is Threads.WAIT:
                 # The node lives on (stop_queue): keep heartbeating and retrying until the
                 # last acks are written and every sync thread of this queue has ended.
                 await asyncio.shield(task)
+                self._report_left_behind()
                 return released
             try:
                 await asyncio.wait_for(asyncio.shield(task), 5.0)
@@ -208,34 +220,124 @@ class Producer:
                     self._cycle_task.cancel()
                 self.clean = False
                 log.error(
-                    "queue %s: could not write %d final ack(s); the jobs stay "
-                    "executing until rescued",
+                    "queue %s: could not write the final acks of job(s) %s; they stay "
+                    "executing until the lifeline rescues them",
                     self.queue,
-                    len(self._acks),
+                    self.ledger.held_ids(),
                 )
+        self._report_left_behind()
         return released
 
+    def _report_left_behind(self) -> None:
+        """After the loop ended: say which jobs stay executing, and why."""
+        left = self.ledger.held_ids()
+        if not left:
+            return
+        self.clean = False
+        lingering = self.ledger.in_phase(Phase.LINGERING)
+        refused = self.ledger.in_phase(Phase.ACK_REFUSED)
+        if lingering:
+            log.warning(
+                "queue %s: job(s) %s still run in threads that cannot be stopped; they "
+                "stay executing, and the lifeline puts them back once this producer's "
+                "heartbeat expires",
+                self.queue,
+                lingering,
+            )
+        if refused:
+            log.error(
+                "queue %s: the database still refuses the acks of job(s) %s; they stay "
+                "executing until the lifeline rescues them (they ran: fix the cause, or "
+                "complete them by hand, before then)",
+                self.queue,
+                refused,
+            )
+
+    def hurry(self, *, abandon_threads: bool = True) -> None:
+        """Cancel every running job now (they are put back to available), and jobs that
+        a fetch in flight brings back. With `abandon_threads`, jobs whose sync thread
+        runs on are put back at once too (the process is about to exit)."""
+        self._releasing = True
+        if abandon_threads:
+            self._threads_at_stop = Threads.ABANDON
+            self.ledger.abandon_threads()
+        for _job, job_task in list(self.running.values()):
+            job_task.cancel()
+        self._wake.set()
+
     # -- loop ----------------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _supervise(self) -> None:
+        """Run the loop; if it dies of an unexpected error, log it and start it again
+        (with backoff), keeping every job it holds."""
+        while True:
+            try:
+                await self._loop()
+                return
+            except Exception as exc:
+                self.restarts += 1
+                delay = reconnect_backoff(self.restarts)
+                log.exception(
+                    "queue %s: the producer failed; restarting it in %.2fs", self.queue, delay
+                )
+                if telemetry.active("producer.restart"):
+                    telemetry.execute(
+                        "producer.restart",
+                        {"restarts": self.restarts, "delay": delay},
+                        {"queue": self.queue, "node": self.node, "producer": self.uuid,
+                         "error": exc},
+                    )  # fmt: skip
+                await asyncio.sleep(delay)
+                self._wake.set()
+
+    async def _loop(self) -> None:
         while True:
             if not self._wake.is_set():
                 try:
-                    async with asyncio.timeout(self.poll_interval):
+                    async with asyncio.timeout(self._sleep()):
                         await self._wake.wait()
                 except TimeoutError:
-                    self._more = True  # the poll tick: look even without a notification
+                    self._jobs_waiting = True  # the poll tick: look without a notification
             self._wake.clear()
-            if self._stopping and not (
-                self.running or self._acks or self._cycle_task or self._deferred
-            ):
-                return
             if self._cycle_task is not None:
                 continue  # the cycle in flight wakes us when it ends
+            if self._stopping and self.ledger.settled(
+                wait_threads=self._threads_at_stop is Threads.WAIT
+            ):
+                return
             demand = self._demand()
-            if demand == 0 and not self._acks:
+            due = self.ledger.due(time.monotonic())
+            if demand == 0 and not self.ledger.has_ready and not due:
                 continue
-            acks, self._acks = self._acks, AckBatch()
-            self._cycle_task = asyncio.create_task(self._cycle(demand, acks))
+            acks, taken = self.ledger.take(self.uuid)
+            acks.notes, self._notes = self._notes, []
+            self._cycle_task = asyncio.create_task(self._cycle(demand, acks, taken, due))
+
+    def _sleep(self) -> float:
+        """How long the loop may sleep: the poll interval, or less if a refused ack is
+        due sooner."""
+        retry = self.ledger.next_retry()
+        if retry is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, retry - time.monotonic()))
+
+    def _demand(self) -> int:
+        if self.paused or self._stopping or not self._jobs_waiting:
+            return 0
+        busy = self.ledger.busy
+        if self._predecessors:
+            self._predecessors = [p for p in self._predecessors if p.busy]  # drained: forget
+            busy += sum(p.busy for p in self._predecessors)
+        return max(self.limit - busy, 0)
+
+    @property
+    def busy(self) -> int:
+        """Slots taken on this node: running jobs and threads still finishing."""
+        return self.ledger.busy
+
+    def _freed(self) -> None:
+        self._wake.set()
+        if self.successor is not None:
+            self.successor.wake()
 
     def _observe_cycle(self, began: float, demand: int, fetched: int, acked: int) -> None:
         took = time.perf_counter() - began
@@ -246,121 +348,19 @@ class Producer:
         if acked:
             telemetry.execute("producer.ack", {"count": acked, "duration": took}, where)
 
-    async def _ack_separately(self, acks: AckBatch) -> None:
-        batches = [
-            AckBatch(
-                done_ids=acks.done_ids,
-                done_attempts=acks.done_attempts,
-                released_ids=acks.released_ids,
-                released_attempts=acks.released_attempts,
-            )
-        ]
-        batches += [AckBatch(other=[ack]) for ack in acks.other]
-        for i, batch in enumerate(batches):
-            try:
-                await self._engine.ack_jobs(batch)
-            except Exception as exc:
-                if is_transient(exc):  # the connection went after all: retry them later
-                    for rest in batches[i:]:
-                        self._acks.extend(rest)
-                    return
-                self._acks.other.extend(unwritable(ack, exc) for ack in batch.other)
-                if not batch.other:
-                    log.error(
-                        "queue %s: could not write %d ack(s): %s; the jobs stay "
-                        "executing until rescued",
-                        self.queue,
-                        len(batch),
-                        exc,
-                    )
-
-    def _held(self, carried: AckBatch) -> list[int]:
-        """Jobs this producer knows: running, or finished with their ack not yet written
-        (in this cycle or waiting for the next). Reclaiming any of them would run a
-        finished job again."""
-        held = set(self.running)
-        for batch in (carried, self._acks):
-            held.update(batch.done_ids)
-            held.update(a["id"] for a in batch.other)
-            held.update(batch.released_ids)
-        return list(held)
-
-    def _demand(self) -> int:
-        if self.paused or self._stopping or not self._more:
-            return 0
-        busy = len(self.running) + len(self._threads)
-        if self._predecessors:
-            self._predecessors = [p for p in self._predecessors if p.busy]  # drained: forget
-            busy += sum(p.busy for p in self._predecessors)
-        return max(self.limit - busy, 0)
-
-    @property
-    def busy(self) -> int:
-        """Slots taken on this node: running jobs and threads still finishing."""
-        return len(self.running) + len(self._threads)
-
-    def _freed(self) -> None:
-        self._wake.set()
-        if self.successor is not None:
-            self.successor.wake()
-
-    def _linger(self, job: Job, finished: asyncio.Future[None]) -> None:
-        job_id: int = job.id  # type: ignore[assignment]
-        self._threads[job_id] = finished
-
-        def freed(fut: asyncio.Future[None]) -> None:
-            if self._threads.get(job_id) is fut:
-                del self._threads[job_id]
-            self._freed()
-
-        finished.add_done_callback(freed)
-
-    def _after_thread(self, job: Job, write: Callable[[], None]) -> bool:
-        """Write `job`'s ack when its thread is free: now, or when it finishes. Returns
-        False if there is no lingering thread (the caller writes the ack itself)."""
-        job_id: int = job.id  # type: ignore[assignment]
-        thread = self._threads.get(job_id)
-        if thread is None or thread.done() or self._abandon:
-            return False
-        self._deferred[job_id] = write
-
-        def written(_fut: asyncio.Future[None]) -> None:
-            pending = self._deferred.pop(job_id, None)
-            if pending is not None:
-                pending()
-                self._wake.set()
-
-        thread.add_done_callback(written)
-        return True
-
-    def hurry(self, *, abandon_threads: bool = True) -> None:
-        """Cancel every running job now (they are put back to available), and jobs that
-        a fetch in flight brings back. With `abandon_threads`, jobs whose sync thread
-        runs on are put back at once too (the process is about to exit)."""
-        self._cancel_all = True
-        if abandon_threads:
-            self._abandon = True
-        for _job, job_task in list(self.running.values()):
-            job_task.cancel()
-        if abandon_threads:
-            self._abandon_threads()
-
-    def _abandon_threads(self) -> None:
-        """Node shutdown: write the acks still waiting for threads now. The threads are
-        daemons and end with the process."""
-        self._abandon = True
-        deferred, self._deferred = self._deferred, {}
-        for write in deferred.values():
-            write()
-        self._wake.set()
-
-    async def _cycle(self, demand: int, acks: AckBatch) -> None:
-        """One round trip: write `acks`, claim up to `demand` jobs, start them."""
+    async def _cycle(self, demand: int, acks: AckBatch, taken: list[Held], due: list[Held]) -> None:
+        """One round trip: write `acks`, claim up to `demand` jobs, start them. Refused
+        acks that are `due` are tried again first, each alone."""
         jobs: list[Job] = []
         wakes = self._wakes
         try:
+            for entry in due:
+                await self._retry_refused(entry)
             if self._failures:
-                reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid, self._held(acks))
+                # A fetch whose reply was lost may have claimed jobs we never received:
+                # put back what this producer claimed and does not hold.
+                held = self.ledger.held_ids()
+                reclaimed = await self._engine.reclaim_jobs(self.queue, self.uuid, held)
                 if reclaimed:
                     log.warning(
                         "queue %s: put back %d job(s) whose fetch reply was lost",
@@ -369,22 +369,24 @@ class Producer:
                     )
             began = time.perf_counter() if telemetry.active("producer.fetch") else 0.0
             jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
+            self.ledger.written(taken)
             self._failures = 0
             if began:
-                self._observe_cycle(began, demand, len(jobs), len(acks))
+                self._observe_cycle(began, demand, len(jobs), len(taken))
             self._watching = self._events is not None and self._events.watched
             if acks.notes or (jobs and self._watching):
                 # Before the jobs start, so a subscriber hears `started` before progress.
                 await self._events.publish(self.queue, self.node, acks.notes, jobs)  # type: ignore[union-attr]
             if demand and self._wakes == wakes:  # no wake-up arrived meanwhile
-                self._more = len(jobs) >= demand
-        except Exception as exc:  # the database is away: keep the acks, back off
-            if acks and not is_transient(exc):
+                self._jobs_waiting = len(jobs) >= demand
+        except Exception as exc:  # the database is away, or refuses an ack
+            self._notes[:0] = acks.notes
+            if taken and not is_transient(exc):
                 # Not a lost connection: perhaps one ack the database refuses. Write them
-                # one by one so that it cannot hold back the others forever.
-                await self._ack_separately(acks)
+                # one by one, so that it cannot hold back the others.
+                await self._ack_separately(taken)
             else:
-                self._acks.extend(acks)
+                self.ledger.put_back(taken)
             self._failures += 1
             delay = reconnect_backoff(self._failures)
             log.warning("queue %s: fetch failed (%s); retrying in %.2fs", self.queue, exc, delay)
@@ -395,48 +397,120 @@ class Producer:
             # the limit holds at every await point.
             self._cycle_task = None
             for job in jobs:
-                if self._cancel_all:  # shutdown gave up waiting: put it straight back
-                    # (no task: one cancelled before its first step would never run its
-                    # clean-up, and the job would stay executing)
-                    self._release(job)
-                    continue
-                job_task = asyncio.create_task(self._execute(job))
-                self.running[job.id] = (job, job_task)  # type: ignore[index]
+                self._dispatch(job)
             self._wake.set()
 
-    async def _execute(self, job: Job) -> None:
-        try:
-            ack = await self._executor.perform(job, self._linger)
-        except asyncio.CancelledError:
-            if job.id in self._killed:
-                self._killed.discard(job.id)
-                # Normally the row already says cancelled and this guarded ack is a no-op;
-                # if it does not, the job still ends cancelled rather than stuck executing.
-                end = cancelled(job, "cancelled while running")
-                self._count("cancelled")
-                self._note(job, "cancelled")
-                if not self._after_thread(job, lambda: self._acks.other.append(end)):
-                    self._acks.other.append(end)
-            elif not self._after_thread(job, lambda: self._release(job)):
-                self._release(job)
-        else:
-            if self._killed:
-                self._killed.discard(job.id)  # (it ended before the kill)
-            if self._threads and self._after_thread(job, lambda: self._record(job, ack)):
-                pass  # a timed-out sync job: its retry waits for its thread
-            elif ack is None and not self._watching:  # the hot path, inlined
-                self._completed += 1
-                self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
-                self._acks.done_attempts.append(job.attempt)
+    def _dispatch(self, job: Job) -> None:
+        entry = self.ledger.start(job.id, job.attempt)  # type: ignore[arg-type]
+        if self._releasing:  # shutdown gave up waiting: put it straight back
+            # (no task: one cancelled before its first step would never run its
+            # clean-up, and the job would stay executing)
+            self._end(job, entry, RELEASE)
+            return
+        job_task = asyncio.create_task(self._execute(job, entry))
+        self.running[job.id] = (job, job_task)  # type: ignore[index]
+
+    # -- acks the database refuses --------------------------------------------------------
+    async def _ack_separately(self, taken: list[Held]) -> None:
+        for i, entry in enumerate(taken):
+            try:
+                await self._engine.ack_jobs(self.ledger.take_one(entry, self.uuid))
+            except Exception as exc:
+                if is_transient(exc):  # the connection went after all: retry them later
+                    self.ledger.put_back(taken[i:])
+                    return
+                self._refused(entry, exc)
             else:
-                self._record(job, ack)
+                self.ledger.written([entry])
+
+    async def _retry_refused(self, entry: Held) -> None:
+        try:
+            await self._engine.ack_jobs(self.ledger.take_one(entry, self.uuid))
+        except Exception as exc:
+            if is_transient(exc):
+                delay = reconnect_backoff(self._failures + 1)
+                self.ledger.refuse(entry, time.monotonic() + delay, counted=False)
+                raise  # the cycle backs off and reconnects
+            self._refused(entry, exc)
+        else:
+            self.ledger.written([entry])
+            if not entry.refusals:
+                return
+            log.warning(
+                "queue %s: the ack of job %s was written after %d refusal(s)",
+                self.queue,
+                entry.job_id,
+                entry.refusals,
+            )
+
+    def _refused(self, entry: Held, exc: BaseException) -> None:
+        """The database refused this ack (not a lost connection). A detailed outcome is
+        first replaced by a plain one that records why (its delay or meta may be what
+        the database rejects); anything refused after that stays held, executing, and is
+        tried again alone with growing delays: never reclaimed, never run again."""
+        outcome = entry.outcome
+        if isinstance(outcome, dict) and not outcome.get("unwritable"):
+            self.ledger.replace(entry, unwritable(outcome, exc))
+            self.ledger.refuse(entry, time.monotonic(), counted=False)  # due at once, alone
+            return
+        delay = min(REFUSED_RETRY_CAP, 0.5 * 2.0 ** min(entry.refusals, 10))
+        self.ledger.refuse(entry, time.monotonic() + delay)
+        log.error(
+            "queue %s: the database refused the ack of job %s (attempt %d): %s; the job "
+            "stays executing, held by this producer (it will not run again), and its ack "
+            "is tried again alone in %.1fs",
+            self.queue,
+            entry.job_id,
+            entry.attempt,
+            exc,
+            delay,
+        )
+
+    # -- one job --------------------------------------------------------------------------
+    async def _execute(self, job: Job, entry: Held) -> None:
+        outcome: Outcome = RELEASE
+        try:
+            outcome = await self._executor.perform(job, self._linger_for(entry))
+        except asyncio.CancelledError:
+            if job.cancel_requested:  # pkill: the row already says cancelled
+                # Normally this guarded ack is a no-op; if the row does not say cancelled,
+                # the job still ends cancelled rather than stuck executing.
+                outcome = cancelled(job, "cancelled while running")
         finally:
-            entry = self.running.get(job.id)  # type: ignore[arg-type]
-            if entry is not None and entry[1] is asyncio.current_task():
+            current = self.running.get(job.id)  # type: ignore[arg-type]
+            if current is not None and current[1] is asyncio.current_task():
                 # (a job fetched again while a stale run of it was still here has a new
                 # entry, which this old run must leave alone)
                 del self.running[job.id]  # type: ignore[arg-type]
+            self._end(job, entry, outcome)
             self._freed()
+
+    def _linger_for(self, entry: Held) -> Any:
+        def linger(_job: Job, finished: asyncio.Future[None]) -> None:
+            # The job's thread outlives its run (a timeout or a pkill): its slot stays
+            # taken, and its ack waits, until the thread is free.
+            self.ledger.linger(entry)
+
+            def freed(_fut: asyncio.Future[None]) -> None:
+                self.ledger.thread_done(entry)
+                self._freed()
+
+            finished.add_done_callback(freed)
+
+        return linger
+
+    def _end(self, job: Job, entry: Held, outcome: Outcome) -> None:
+        if outcome is None:
+            self._completed += 1
+            if self._watching:
+                self._note(job, "completed")
+        elif isinstance(outcome, dict):
+            self._count(outcome_state(outcome))
+            self._note(job, outcome["state"], outcome.get("error", {}).get("error", ""))
+        else:
+            self._count("released")
+            self._note(job, "available")
+        self.ledger.end(entry, outcome)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -453,21 +527,4 @@ class Producer:
 
     def _note(self, job: Job, state: str, error: str = "") -> None:
         if self._watching:
-            self._acks.notes.append(job_entry(job.id, state, job.worker, job.attempt, error))  # type: ignore[arg-type]
-
-    def _release(self, job: Job) -> None:
-        self._count("released")
-        self._note(job, "available")
-        self._acks.released_ids.append(job.id)  # type: ignore[arg-type]
-        self._acks.released_attempts.append(job.attempt)
-
-    def _record(self, job: Job, ack: dict[str, Any] | None) -> None:
-        if ack is None:
-            self._completed += 1
-            self._note(job, "completed")
-            self._acks.done_ids.append(job.id)  # type: ignore[arg-type]
-            self._acks.done_attempts.append(job.attempt)
-        else:
-            self._count(outcome_state(ack))
-            self._note(job, ack["state"], ack.get("error", {}).get("error", ""))
-            self._acks.other.append(ack)
+            self._notes.append(job_entry(job.id, state, job.worker, job.attempt, error))  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ EVENTS: Mapping[str, str] = {
     "insert": "count, conflicts, duration",
     "producer.fetch": "count, demand, duration",
     "producer.ack": "count, duration",
+    "producer.restart": "restarts, delay (metadata error: the exception)",
     "stager": "count, duration",
     "pruner": "count, duration",
     "lifeline": "rescued, expired, duration",

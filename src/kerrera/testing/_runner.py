@@ -121,15 +121,15 @@ async def release(engine: Any, jobs: list[Job]) -> None:
     if jobs:
         ids = [j.id for j in jobs if j.id is not None]
         await engine.ack_jobs(
-            AckBatch(released_ids=ids, released_attempts=[j.attempt for j in jobs])
+            AckBatch(released_ids=ids, released_attempts=[j.attempt for j in jobs], producer=CALLER)
         )
 
 
 def one_ack(job: Job, ack: dict[str, Any] | None) -> AckBatch:
     """The ack batch of one finished job (None: plainly completed)."""
     if ack is not None:
-        return AckBatch(other=[ack])
-    return AckBatch(done_ids=[job.id], done_attempts=[job.attempt])  # type: ignore[list-item]
+        return AckBatch(other=[ack], producer=CALLER)
+    return AckBatch(done_ids=[job.id], done_attempts=[job.attempt], producer=CALLER)  # type: ignore[list-item]
 
 
 def ended(saved: list[Job], claimed: list[Job], final: dict[int | None, Job]) -> list[Job]:

@@ -6,7 +6,8 @@
 -- name: insert_jobs
 -- One statement per batch: rows arrive as one JSON array (a single parameter, parsed by
 -- PostgreSQL), and the insert notification is sent in the same transaction so that it is
--- delivered only if the insert commits. The state is decided with the database clock.
+-- delivered only if the insert commits (channel NULL: not sent here, the engine hands it
+-- to an in-process notifier). The state is decided with the database clock.
 WITH input AS (
   SELECT j.*, coalesce(j.at, timezone('UTC', now()) + make_interval(secs => coalesce(j.delay, 0))) AS due
   FROM ROWS FROM (json_to_recordset(%(jobs)s::json)
@@ -24,6 +25,7 @@ WITH input AS (
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+  WHERE %(channel)s::text IS NOT NULL
 )
 -- Ids are drawn in input order (rows reach the insert sorted by ord), so sorting by id
 -- gives the input order back; only the columns the database decided are returned.
@@ -36,7 +38,7 @@ FROM ins, notified ORDER BY ins.id;
 -- unique partial index decides, so concurrent inserters of one key get one row. On a
 -- conflict the existing job is overwritten only where its `replace` spec allows, and
 -- returned then (inserted = false); other conflicts return nothing here and the caller
--- reads the holder with get_unique.
+-- reads the holder with get_unique. Rows end with the key they answer.
 WITH input AS (
   SELECT j.*, coalesce(j.at, timezone('UTC', now()) + make_interval(secs => coalesce(j.delay, 0))) AS due
   FROM ROWS FROM (json_to_recordset(%(jobs)s::json)
@@ -86,17 +88,102 @@ WITH input AS (
           WHERE i.ukey = EXCLUDED.meta ->> 'uniq_key') spec)
   WHERE (SELECT i.replace ? {state_text:j.} FROM input i
          WHERE i.ukey = EXCLUDED.meta ->> 'uniq_key')
-  RETURNING {jcols}, j.xmax = 0 AS inserted
+  RETURNING {jcols}, j.xmax = 0 AS inserted, j.meta ->> 'uniq_key' AS ukey
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') q
+  WHERE %(channel)s::text IS NOT NULL
 )
 SELECT ins.* FROM ins, notified ORDER BY ins.id;
 
 -- name: get_unique
 -- The jobs that hold these unique keys now.
-SELECT {cols}, false AS inserted FROM {prefix}.oban_jobs
+SELECT {cols}, false AS inserted, meta ->> 'uniq_key' AS ukey FROM {prefix}.oban_jobs
 WHERE meta ->> 'uniq_key' = ANY(%(keys)s::text[]) AND {uniq_pred:};
+
+-- name: find_duplicates
+-- Before insert_unique: for each unique job, a row without a Kerrera key (inserted by
+-- Elixir Oban, or plainly) that Oban would call its duplicate (see Unique.lookup). Each
+-- branch of the union starts from one index (GIN on args or meta, or the state/queue
+-- btree) and the planner keeps only the `lead` one, the same for every job here. Its own
+-- small statement, so that insert_unique keeps a plan that does not depend on `lead`.
+-- Only a read, as Oban's check is: an Elixir insert of the same job that commits
+-- meanwhile is not seen, and both rows stay (engine/unique.py says why).
+WITH lookup AS (
+  SELECT l.*, coalesce(l.at, timezone('UTC', now()) + make_interval(secs => coalesce(l.delay, 0))) AS due
+  FROM json_to_recordset(%(lookups)s::json)
+    AS l(ukey text, worker text, queue text, args jsonb, meta jsonb, subset bool,
+         states text[], period float8, uts text, at timestamp, delay float8)
+  -- (tells the planner how many rows come: it would assume 100)
+  LIMIT %(n)s
+)
+SELECT {jcols}, false AS inserted, l.ukey
+FROM lookup l CROSS JOIN LATERAL (
+  SELECT c.* FROM (
+    SELECT * FROM {prefix}.oban_jobs WHERE %(lead)s::text = 'args' AND args @> l.args
+    UNION ALL
+    SELECT * FROM {prefix}.oban_jobs WHERE %(lead)s::text = 'meta' AND meta @> l.meta
+    UNION ALL
+    SELECT * FROM {prefix}.oban_jobs WHERE %(lead)s::text = 'queue' AND queue = l.queue
+    UNION ALL
+    SELECT * FROM {prefix}.oban_jobs WHERE %(lead)s::text = 'state'
+  ) c
+  WHERE c.state = ANY(l.states::{prefix}.oban_job_state[])
+    AND NOT coalesce(c.meta ?| ARRAY['uniq_key', 'uniq_retired'], false)
+    AND c.worker = coalesce(l.worker, c.worker)
+    AND c.queue = coalesce(l.queue, c.queue)
+    -- as Oban compares: with keys, the row contains the job's values of them; without,
+    -- the whole value is equal (less the keys that never count; a row whose value is
+    -- not an object, which neither side writes, is no duplicate and raises no error)
+    AND (l.args IS NULL OR CASE WHEN l.subset THEN c.args @> l.args
+                                WHEN jsonb_typeof(c.args) = 'object'
+                                THEN c.args - %(unkeyed)s::text[] = l.args END)
+    AND (l.meta IS NULL OR CASE WHEN l.subset THEN c.meta @> l.meta
+                                WHEN jsonb_typeof(c.meta) = 'object'
+                                THEN c.meta - %(unkeyed)s::text[] = l.meta END)
+    -- within the period, counted as insert_unique's retiring counts it
+    AND (l.period IS NULL
+         OR CASE WHEN l.uts = 'scheduled_at' THEN c.scheduled_at ELSE c.inserted_at END
+            >= CASE WHEN l.uts = 'scheduled_at' THEN l.due ELSE timezone('UTC', now()) END
+               - make_interval(secs => l.period))
+  LIMIT 1
+) j;
+
+-- name: replace_duplicates
+-- Duplicates that find_duplicates returned, overwritten as insert_unique overwrites a
+-- holder of the key: only where the new job's `replace` names the state the row is in
+-- now. Kerrera's key never enters the row, which stays outside the unique index.
+WITH input AS (
+  SELECT i.*, coalesce(i.at, timezone('UTC', now()) + make_interval(secs => coalesce(i.delay, 0))) AS due
+  FROM json_to_recordset(%(jobs)s::json)
+    AS i(id bigint, ukey text, queue text, worker text, args jsonb, meta jsonb, tags text[],
+         priority int, max_attempts int, at timestamp, delay float8, replace jsonb)
+), replaced AS (
+  UPDATE {prefix}.oban_jobs j
+  SET (args, max_attempts, meta, priority, queue, scheduled_at, state, tags, worker) = (
+    SELECT CASE WHEN f ? 'args' THEN i.args ELSE j.args END,
+           CASE WHEN f ? 'max_attempts' THEN greatest(i.max_attempts, j.attempt)
+                ELSE j.max_attempts END,
+           CASE WHEN f ? 'meta' THEN i.meta ELSE j.meta END,
+           CASE WHEN f ? 'priority' THEN i.priority ELSE j.priority END,
+           CASE WHEN f ? 'queue' THEN i.queue ELSE j.queue END,
+           CASE WHEN f ? 'scheduled_at' THEN i.due ELSE j.scheduled_at END,
+           CASE WHEN f ? 'scheduled_at' AND j.state IN ('available', 'scheduled')
+                THEN (CASE WHEN i.due > timezone('UTC', now()) THEN 'scheduled'
+                           ELSE 'available' END)::{prefix}.oban_job_state
+                ELSE j.state END,
+           CASE WHEN f ? 'tags' THEN coalesce(i.tags, '{}') ELSE j.tags END,
+           CASE WHEN f ? 'worker' THEN i.worker ELSE j.worker END
+    FROM (SELECT i.replace -> {state_text:j.} AS f) spec)
+  FROM input i
+  WHERE j.id = i.id AND i.replace ? {state_text:j.}
+  RETURNING {jcols}, false AS inserted, i.ukey
+), notified AS (
+  SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
+  FROM (SELECT DISTINCT queue FROM replaced WHERE state = 'available') q
+  WHERE %(channel)s::text IS NOT NULL
+)
+SELECT replaced.* FROM replaced, notified ORDER BY replaced.id;
 
 -- name: reserve_ids
 -- Bulk insert by COPY, step 1 (inside one transaction): draw the ids, and read the
@@ -117,13 +204,16 @@ FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: fetch_jobs
 -- Acks of finished jobs and the next fetch, in one statement and one round trip.
--- Every ack is guarded by state and attempt so that a stale executor never overwrites a
--- job that was rescued, cancelled or re-run meanwhile. With demand 0 it only acks.
+-- Every ack is guarded by state, attempt and owner (the producer that fetched the job, as
+-- in attempted_by[2]) so that a stale executor never overwrites a job that was rescued,
+-- cancelled or re-run meanwhile, even when that run's attempt number was rolled back
+-- (Oban Pro's snooze, a manual edit). With demand 0 it only acks.
 WITH completed AS (
   UPDATE {prefix}.oban_jobs j
   SET state = 'completed', completed_at = timezone('UTC', now())
   FROM unnest(%(done_ids)s::bigint[], %(done_attempts)s::int[]) AS a(id, attempt)
   WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+    AND j.attempted_by[2] = %(owner)s
   RETURNING j.id
 ), finished AS (
   UPDATE {prefix}.oban_jobs j
@@ -139,6 +229,7 @@ WITH completed AS (
   FROM json_to_recordset(%(acks)s::json)
     AS a(id bigint, attempt int, state text, delay float8, snooze bool, error jsonb, meta jsonb)
   WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+    AND j.attempted_by[2] = %(owner)s
   RETURNING j.id
 ), locked AS (
   SELECT id FROM {prefix}.oban_jobs
@@ -170,12 +261,15 @@ WITH released AS (
   SET state = 'available', max_attempts = j.max_attempts + 1
   FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS a(id, attempt)
   WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
+    AND j.attempted_by[2] = %(owner)s
   RETURNING j.id, j.queue
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM released) q
+  WHERE %(channel)s::text IS NOT NULL
 )
-SELECT released.id FROM released, notified;
+-- (the queues come back for an in-process notifier to wake)
+SELECT released.id, released.queue FROM released, notified;
 
 -- name: reclaim_jobs
 -- After a fetch whose reply was lost (the connection died after the commit), jobs may be
@@ -192,7 +286,7 @@ SELECT count(*) FROM reclaimed;
 
 -- name: stage_jobs
 -- Move due scheduled and retryable jobs to available, in bounded batches, and notify
--- each queue that received jobs (in the same transaction).
+-- each queue that received jobs (in the same transaction; channel NULL: not here).
 WITH due AS (
   SELECT id FROM {prefix}.oban_jobs
   WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= timezone('UTC', now())
@@ -206,7 +300,9 @@ WITH due AS (
 ), counted AS (
   SELECT queue, count(*) AS n FROM staged GROUP BY queue
 )
-SELECT queue, n, pg_notify(%(channel)s, '{"queue":' || to_json(queue)::text || '}')::text
+SELECT queue, n,
+       CASE WHEN %(channel)s::text IS NOT NULL
+            THEN pg_notify(%(channel)s, '{"queue":' || to_json(queue)::text || '}')::text END
 FROM counted;
 
 -- name: complete_job
@@ -216,6 +312,7 @@ FROM counted;
 UPDATE {prefix}.oban_jobs
 SET state = 'completed', completed_at = timezone('UTC', now())
 WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s
+  AND attempted_by[2] IS NOT DISTINCT FROM %(owner)s
 RETURNING id;
 
 -- name: heartbeat
@@ -260,8 +357,12 @@ WITH expired AS (
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') q
+  WHERE %(channel)s::text IS NOT NULL
 )
-SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM expired) FROM notified;
+SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM expired),
+       -- the queues that got jobs back, for an in-process notifier
+       (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM rescued WHERE state = 'available')
+FROM notified;
 
 -- name: get_jobs
 SELECT {cols} FROM {prefix}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
@@ -293,28 +394,32 @@ WITH retried AS (
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
   FROM (SELECT DISTINCT queue FROM retried) q
+  WHERE %(channel)s::text IS NOT NULL
 )
 SELECT retried.* FROM retried, notified ORDER BY retried.id;
 
 -- name: cancel_jobs
 -- Cancel jobs that are not finished. Executing ones are marked cancelled here (so their
 -- executor's guarded ack cannot complete them) and a pkill signal asks the node that
--- runs them to stop them. CTEs read the snapshot from before the update, so
--- "signalled" sees what state the jobs were in.
+-- runs them to stop them. CTEs read the snapshot from before the update, so "marked"
+-- sees what state the jobs were in. Each row ends with whether its job is signalled
+-- (for an in-process notifier, when the signal channel is NULL and nothing is sent here).
 WITH cancelled AS (
   UPDATE {prefix}.oban_jobs
   SET state = 'cancelled', cancelled_at = timezone('UTC', now())
   WHERE id = ANY(%(ids)s::bigint[])
     AND state NOT IN ('completed', 'discarded', 'cancelled')
   RETURNING {cols}
-), signalled AS (
+), marked AS (
   -- Before the statement the job may still have been available while a fetch claimed
   -- it: signal those too (a node not running the job ignores the signal).
-  SELECT count(pg_notify(%(signal)s, '{"action":"pkill","job_id":' || c.id || '}')) AS n
+  SELECT c.*, before.state IN ('executing', 'available') AS live
   FROM cancelled c JOIN {prefix}.oban_jobs before ON before.id = c.id
-  WHERE before.state IN ('executing', 'available')
+), signalled AS (
+  SELECT count(pg_notify(%(signal)s, '{"action":"pkill","job_id":' || m.id || '}')) AS n
+  FROM marked m WHERE m.live AND %(signal)s::text IS NOT NULL
 )
-SELECT cancelled.* FROM cancelled, signalled ORDER BY cancelled.id;
+SELECT marked.* FROM marked, signalled ORDER BY marked.id;
 
 -- name: delete_jobs
 -- Delete jobs that are not running (a running job is left alone: cancel it first).
@@ -323,7 +428,8 @@ WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'executing'
 RETURNING {cols};
 
 -- name: notify
-SELECT pg_notify(%(channel)s, %(payload)s);
+-- One or many notifications on one channel, in one statement.
+SELECT count(pg_notify(%(channel)s, p)) FROM unnest(%(payloads)s::text[]) AS p;
 
 -- name: elect_leader
 -- Take the lease when nobody holds it or it expired, renew it when we hold it. One
@@ -340,13 +446,17 @@ WHERE (p.node = EXCLUDED.node AND p.started_at = EXCLUDED.started_at)
 RETURNING p.node;
 
 -- name: resign_leader
--- Give the lease up and tell the others at once (Oban's `leader` payload).
+-- Give the lease up and tell the others at once (Oban's `leader` payload); returns the
+-- name when a lease was given up (channel NULL: the engine hands the payload over).
 WITH gone AS (
   DELETE FROM {prefix}.oban_peers
   WHERE name = %(name)s AND node = %(node)s AND started_at = %(started_at)s
   RETURNING name
 )
-SELECT pg_notify(%(channel)s, json_build_object('down', name)::text) FROM gone;
+SELECT name,
+       CASE WHEN %(channel)s::text IS NOT NULL
+            THEN pg_notify(%(channel)s, json_build_object('down', name)::text)::text END
+FROM gone;
 
 -- name: get_leader
 SELECT node, started_at, expires_at FROM {prefix}.oban_peers
@@ -397,9 +507,15 @@ WHERE i.indrelid = %(table)s::regclass
 ORDER BY c.relname;
 
 -- name: set_queue_state
--- Persist an operator's queue command and send its signal in the same transaction. A
+-- Persist an operator's queue command and announce it in the same transaction. A
 -- command for every node (node '') also clears that field on per-node rows, so the
--- latest command wins.
+-- latest command wins. The announcement comes first on Kerrera's control channel
+-- (`control` plus the idents signalled: Kerrera nodes re-read the table, and know the
+-- Oban signals that follow for this command's own), then as Oban's exact signal payload
+-- once per ident: `idents`, plus `<name>.<node>` for every instance name in oban_peers
+-- when `peers` (Elixir nodes expect their own instance name in a node's ident). Returns
+-- each notification (1 control, 2 signal) in the order sent; with NULL channels nothing
+-- is sent here, and the engine hands them to an in-process notifier instead.
 WITH cleared AS (
   UPDATE {prefix}.kerrera_queues
   SET paused = CASE WHEN %(set_paused)s THEN NULL ELSE paused END,
@@ -416,8 +532,28 @@ WITH cleared AS (
       running = CASE WHEN %(set_running)s THEN EXCLUDED.running ELSE q.running END,
       updated_at = timezone('UTC', now())
   RETURNING 1
+), idents AS (
+  SELECT ident FROM unnest(%(idents)s::text[]) AS ident
+  UNION
+  SELECT name || '.' || %(node)s FROM {prefix}.oban_peers WHERE %(peers)s
+), notices AS (
+  SELECT 1 AS n, %(control_channel)s::text AS channel,
+         (%(control)s::jsonb || jsonb_build_object(
+           'idents', (SELECT jsonb_agg(ident ORDER BY ident) FROM idents)))::text AS payload
+  FROM saved
+  UNION ALL
+  SELECT 2, %(channel)s::text, %(head)s || to_json(ident)::text || %(tail)s
+  FROM saved, idents
 )
-SELECT pg_notify(%(channel)s, %(payload)s) FROM saved;
+-- pg_notify is volatile, so it runs after the sort: the control message goes first.
+SELECT n, payload,
+       CASE WHEN channel IS NOT NULL THEN pg_notify(channel, payload)::text END
+FROM notices ORDER BY n;
+
+-- name: instance_names
+-- Instance names that lead in oban_peers (Elixir's "Oban", "MyApp.Oban", Kerrera's own):
+-- a signal for one node is addressed to "<instance name>.<node>".
+SELECT DISTINCT name FROM {prefix}.oban_peers;
 
 -- name: queue_states
 SELECT queue, node, paused, "limit", running FROM {prefix}.kerrera_queues
@@ -434,11 +570,15 @@ SELECT timezone('UTC', now());
 
 
 -- name: write_progress
--- A running job's latest progress, guarded like an ack; published only when written.
+-- A running job's latest progress, guarded like an ack; published only when written
+-- (channel NULL: the engine hands the message to an in-process notifier instead).
 WITH written AS (
   UPDATE {prefix}.oban_jobs
   SET meta = meta || jsonb_build_object('progress', %(progress)s::jsonb)
   WHERE id = %(id)s AND state = 'executing' AND attempt = %(attempt)s
   RETURNING id
 )
-SELECT pg_notify(%(channel)s, %(payload)s) FROM written;
+SELECT id,
+       CASE WHEN %(channel)s::text IS NOT NULL
+            THEN pg_notify(%(channel)s, %(payload)s)::text END
+FROM written;
