@@ -197,8 +197,9 @@ def test_queues_and_top_show_nodes_waiting_jobs_and_throughput(
     assert {(r["queue"], r["node"], r["available"]) for r in rows if r["queue"] == "media"} == {
         ("media", None, 2)
     }
-    # About three seconds of work: the node is busy for the whole of top's interval.
-    client.sync.insert_all([counted.new({"seconds": 0.03}) for _ in range(200)])
+    # About fifteen seconds of work: the node is still busy during top's interval, however
+    # slowly top starts on a loaded machine (the node is killed at the end of the test).
+    client.sync.insert_all([counted.new({"seconds": 0.03}) for _ in range(1000)])
     top = cli("top", "--once", "--interval", "0.5")
     assert top.returncode == 0, top.stderr
     assert "\x1b[" not in top.stdout and "jobs/s done" in top.stdout

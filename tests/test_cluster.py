@@ -19,7 +19,7 @@ from kerrera.services import Cron, Pruner, Reindexer
 
 
 def _service(app: Kerrera, kind: type) -> Any:
-    return next(s for s in app._services if isinstance(s, kind))
+    return next(s for s in app._node.services if isinstance(s, kind))
 
 
 async def test_one_leader_and_a_fast_handover_on_stop(make_app: Any) -> None:
@@ -42,7 +42,7 @@ async def test_an_expired_lease_is_taken_over(make_app: Any, sql: Any) -> None:
     await a.start()
     assert a.is_leader
     # a crash: a's elections stop and nobody resigns
-    task = a._leadership._task
+    task = a._node.leadership._task
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     b = make_app(queues={"default": 1}, node="b", leader_lease=2.0)
@@ -248,7 +248,7 @@ async def test_cron_inserts_each_owed_tick_once_even_from_two_leaders(
         "UPDATE kerrera_cron SET last_tick = timezone('UTC', now()) - interval '4 minutes' "
         "+ interval '1 second'"
     )
-    b._leadership._leading, b._leadership._valid_until = True, float("inf")  # split brain
+    b._node.leadership._leading, b._node.leadership._valid_until = True, float("inf")  # split brain
     cron_b._rebooted = True  # b booted long ago: its @reboot is not owed
     results = await asyncio.gather(cron_a.evaluate_once(), cron_b.evaluate_once())
     inserted = results[0][0] + results[1][0]

@@ -346,7 +346,7 @@ async def test_a_new_queue_starts_only_once_its_heartbeat_is_written(
 ) -> None:
     a = make_app(queues={"default": 1}, node="a")
     await a.start()
-    real, calls, beats = a._lifeline.beat, [0], []
+    real, calls, beats = a._node.lifeline.beat, [0], []
 
     async def flaky() -> None:
         calls[0] += 1
@@ -355,7 +355,7 @@ async def test_a_new_queue_starts_only_once_its_heartbeat_is_written(
         await real()
         beats.append(datetime.now(UTC).replace(tzinfo=None))
 
-    a._lifeline.beat = flaky
+    a._node.lifeline.beat = flaky
     # The command's own refresh or the one its signal triggers meets the failed heartbeat
     # (whichever runs first); the other, or the retry, starts the queue afterwards.
     with contextlib.suppress(psycopg.OperationalError):
@@ -372,6 +372,6 @@ async def test_a_stopping_follower_leaves_no_lease_behind(make_app: Any, sql: An
     a = make_app(queues={"default": 1}, node="a")
     await a.start()
     # as if an election had committed just as the node stopped, unknown to it
-    a._leadership._leading = False
+    a._node.leadership._leading = False
     await a.stop()
     assert sql("SELECT count(*) FROM oban_peers WHERE name = 'Kerrera'") == [(0,)]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kerrera._crontab import CronExpression, load_zone, next_tick, ticks
-from kerrera._errors import ConfigError
+from kerrera.core.crontab import CronExpression, load_zone, next_tick, ticks
+from kerrera.core.errors import ConfigError
 
 LONDON = load_zone("Europe/London")
 

@@ -15,7 +15,7 @@ from conftest import eventually
 from support.scripted import Scripted, Slow
 
 from kerrera import telemetry
-from kerrera._errors import JobTimeoutError
+from kerrera.core.errors import JobTimeoutError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics-and-tracing.md"
 WORKER = Scripted.new({}).worker

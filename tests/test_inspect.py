@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kerrera import ConfigError, Job, Kerrera, worker
-from kerrera._inspect import act_on_matching
+from kerrera.app.inspect import act_on_matching
 from kerrera.cli.top import Throughput
 from kerrera.engine.inspect import JobFilter
 

@@ -226,7 +226,7 @@ async def test_the_elixir_duplicate_lookup_uses_an_index(
     sql("ANALYZE oban_jobs")
     job = scripted.Scripted.new({"n": 7}, queue="q7", meta=meta, unique=spec)
     statements = Statements(prefix)
-    name, params = next(insert_unique([job], statements.insert_channel))
+    name, params, _row = next(insert_unique([job], statements.insert_channel))
     assert name == "find_duplicates"
     with psycopg.connect(dsn) as conn:  # run it for real, then roll it back
         (plan,) = conn.execute(

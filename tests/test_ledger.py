@@ -155,7 +155,7 @@ def test_a_batch_groups_outcomes_for_the_ack_statement() -> None:
     assert [e.job_id for e in taken] == [1, 2, 3]
     assert (batch.done_ids, batch.done_attempts) == ([1], [2])
     assert (batch.released_ids, batch.released_attempts) == ([2], [2])
-    assert [a["state"] for a in batch.other] == ["retryable"]
+    assert [a["state"] for a in batch.outcomes] == ["retryable"]
     assert batch.producer == "owner"
 
 

@@ -11,13 +11,13 @@ import pytest
 
 from kerrera import ConfigError, Kerrera, SchemaError
 from kerrera.cli import main
-from kerrera.migrations import (
+from kerrera.engine.migrations import (
     LATEST_VERSION,
-    _runner,
     current_version,
     migrate_down,
     migrate_up,
 )
+from kerrera.engine.migrations import runner as _runner
 
 OBAN_V14 = Path(__file__).parent / "support" / "oban_v14.sql"
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import eventually
 
 from kerrera import Kerrera
-from kerrera._signals import addressed_to, signal_payload
+from kerrera.queue.signals import addressed_to, signal_payload
 
 #: The marker that ends a read of the channel (see `Channel.read`).
 MARKER = '{"marker":true}'
@@ -227,7 +227,7 @@ async def test_an_in_process_notifier_hears_the_command_before_its_signals(
         "Oban.a",
     ]
     assert a.check_queue("default")["limit"] == 3
-    assert a._control.overrides == {}  # its own signals were not taken for Elixir's
+    assert a._node.control.overrides == {}  # its own signals were not taken for Elixir's
 
 
 async def test_a_kerrera_start_is_not_also_taken_for_elixirs_start(

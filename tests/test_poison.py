@@ -70,9 +70,9 @@ class _RefusingEngine:
         return []
 
     async def ack_jobs(self, acks: AckBatch) -> None:
-        if any(a["id"] == 2 and "meta" in a for a in acks.other):
+        if any(a["id"] == 2 and "meta" in a for a in acks.outcomes):
             raise psycopg.errors.DataError("unsupported Unicode escape sequence")
-        self.written.extend(acks.other)
+        self.written.extend(acks.outcomes)
         self.done.extend(acks.done_ids)
 
     async def reclaim_jobs(self, queue: str, producer: str, running: Any) -> int:

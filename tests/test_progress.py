@@ -18,7 +18,7 @@ from conftest import eventually
 from support import scripted
 
 from kerrera import ConfigError, Event, Job, JobState, worker
-from kerrera._progress import entry_of
+from kerrera.events.progress import entry_of
 
 TESTS = Path(__file__).parent
 
@@ -68,7 +68,9 @@ async def _collect(events: Any, until: int) -> list[Event]:
 
 
 async def test_progress_is_persisted_published_and_throttled(make_app: Any) -> None:
-    app = make_app(queues={"default": 2}, progress_interval=0.2)
+    # An interval longer than the job: however slowly the reports go, only the first is
+    # written at once, and the newest of the others is written when the job ends.
+    app = make_app(queues={"default": 2}, progress_interval=30)
     async with app:
         job = await app.insert(reporter.new({"steps": 10, "key": "go"}))
         async with app.subscribe(job.id) as events:
@@ -78,8 +80,7 @@ async def test_progress_is_persisted_published_and_throttled(make_app: Any) -> N
     kinds = [e.kind for e in got]
     assert kinds[0] == "snapshot" and kinds[-1] == "completed"
     percents = [e.progress["percent"] for e in got if e.kind == "progress"]  # type: ignore[index]
-    assert percents == sorted(percents) and percents[-1] == 100
-    assert 1 <= len(percents) < 10  # ten reports within 0.2 s: most were held and replaced
+    assert percents == [10, 100]  # the eight between were held and replaced
     final = done.meta["progress"]
     assert final["percent"] == 100 and final["message"] == "step 10"
     assert final["data"] == {"step": 10} and final["at"].endswith("Z")
@@ -222,6 +223,7 @@ async def test_no_job_events_are_published_while_nobody_watches(
             jobs = await app.insert_all([scripted.Scripted.new({"do": "ok"}) for _ in range(5)])
             for job in jobs:
                 await _done(app, job.id)
+            # Half a second of listening shows that nothing was published.
             heard = [n async for n in listener.notifies(timeout=0.5)]
         finally:
             await listener.close()
@@ -237,7 +239,7 @@ async def test_a_job_that_ends_unseen_still_ends_its_subscription(
 ) -> None:
     # The node never hears that anyone watches (as when a job ends before the first
     # announcement reaches it): the subscription reads the end from the table.
-    from kerrera._pubsub import Watched
+    from kerrera.events.pubsub import Watched
 
     monkeypatch.setattr(Watched, "heard", lambda self: None)
     app = make_app(queues={"default": 2})

@@ -71,7 +71,7 @@ async def fine(job: Job) -> None:
 
 
 async def test_a_finished_job_keeps_its_outcome_when_its_last_progress_write_is_cut(
-    make_app: Any, dsn: str, prefix: str
+    make_app: Any, dsn: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     RUNS.clear()
     app = make_app(queues={"rv": 1}, progress_interval=30)
@@ -89,7 +89,7 @@ async def test_a_finished_job_keeps_its_outcome_when_its_last_progress_write_is_
     await eventually(lambda: RUNS)
     await eventually(lambda: _waiting_on_a_lock(dsn))  # the last report's write is blocked
     stopping = asyncio.create_task(app.stop(grace=0.2))
-    await asyncio.sleep(0.8)  # the grace period ended during the held report's write
+    await eventually(lambda: _grace_ended(caplog))  # during the held report's write
     await locker.rollback()
     await locker.close()
     await stopping
@@ -99,7 +99,7 @@ async def test_a_finished_job_keeps_its_outcome_when_its_last_progress_write_is_
 
 
 async def test_jobs_fetched_after_shutdown_gave_up_are_put_back(
-    make_app: Any, dsn: str, prefix: str
+    make_app: Any, dsn: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = make_app(queues={"rv": 3})
     await app.migrate()
@@ -109,7 +109,7 @@ async def test_jobs_fetched_after_shutdown_gave_up_are_put_back(
     await app.start()
     await eventually(lambda: _waiting_on_a_lock(dsn))  # a fetch is in flight, blocked
     stopping = asyncio.create_task(app.stop(grace=0.1))
-    await asyncio.sleep(0.5)  # the grace period ended with that fetch still in flight
+    await eventually(lambda: _grace_ended(caplog))  # with that fetch still in flight
     await locker.rollback()
     await locker.close()
     await stopping
@@ -169,6 +169,14 @@ async def test_a_job_subscription_always_begins_with_its_snapshot(make_app: Any)
             async with app.subscribe(job.id) as events:
                 firsts.append((await asyncio.wait_for(anext(events), 5)).kind)
     assert firsts == ["snapshot"] * 8
+
+
+def _grace_ended(caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether a queue's shutdown grace period has ended (its producer said so)."""
+    return any(
+        r.name == "kerrera.producer" and "still running after" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def _waiting_on_a_lock(dsn: str) -> bool:

@@ -93,8 +93,8 @@ async def test_a_malformed_pkill_is_ignored(make_app: Any) -> None:
     async with app:
         job = await app.insert(Scripted.new({"do": "block", "key": "k"}))
         await eventually(lambda: job.id in app.check_queue("default")["running_ids"])
-        app._on_signal("x", {"action": "pkill", "job_id": True})  # bool is not an id
-        app._on_signal("x", {"action": "pkill", "job_id": str(job.id)})
+        app._node.on_signal("x", {"action": "pkill", "job_id": True})  # bool is not an id
+        app._node.on_signal("x", {"action": "pkill", "job_id": str(job.id)})
         assert job.id in app.check_queue("default")["running_ids"]
         scripted.gate("k").set()
         await eventually(lambda: app.check_queue("default")["running"] == 0)

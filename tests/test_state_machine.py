@@ -30,10 +30,10 @@ from hypothesis.stateful import (
 )
 from support.scripted import Scripted
 
-from kerrera._unique import ALL_STATES, DEFAULT_STATES, INCOMPLETE, Unique
+from kerrera.core.unique import ALL_STATES, DEFAULT_STATES, INCOMPLETE, Unique
 from kerrera.engine.base import AckBatch
+from kerrera.engine.migrations import migrate_up
 from kerrera.engine.postgres import PostgresEngine
-from kerrera.migrations import migrate_up
 
 T = TypeVar("T")
 Run = Callable[[Awaitable[T]], T]
@@ -218,7 +218,8 @@ def _machine(
             order = sorted(available, key=lambda i: (self.model[i].priority, when[i], i))
             if producer in HEARTBEATING:  # a node's producers heartbeat while they work
                 self.heartbeat(producer)
-            got = run(engine.fetch_jobs("default", demand, AckBatch(producer), "n", producer))
+            nothing = AckBatch(producer=producer)  # a plain fetch, with no acks to carry
+            got = run(engine.fetch_jobs("default", demand, nothing, "n", producer))
             assert sorted(j.id for j in got) == sorted(order[:demand])
             for job in got:
                 assert job.id is not None
@@ -238,9 +239,10 @@ def _machine(
                 return
             job_id, attempt, owner = chosen
             if outcome == "completed":
-                run(engine.ack_jobs(AckBatch(owner, done_ids=[job_id], done_attempts=[attempt])))
+                acks = AckBatch(producer=owner, done_ids=[job_id], done_attempts=[attempt])
             else:
-                run(engine.ack_jobs(AckBatch(owner, other=[self._outcome(chosen, outcome, delay)])))
+                acks = AckBatch(producer=owner, outcomes=[self._outcome(chosen, outcome, delay)])
+            run(engine.ack_jobs(acks))
             row = self._owned(job_id, attempt, owner)
             if row is None:  # the guards turned it away
                 return
@@ -273,7 +275,7 @@ def _machine(
             if chosen is None:
                 return
             job_id, attempt, owner = chosen
-            acks = AckBatch(owner, released_ids=[job_id], released_attempts=[attempt])
+            acks = AckBatch(producer=owner, released_ids=[job_id], released_attempts=[attempt])
             run(engine.ack_jobs(acks))
             row = self._owned(job_id, attempt, owner)
             if row is not None:
@@ -362,12 +364,19 @@ def _machine(
                 self.producers[producer] = "none"
 
         # -- by hand --------------------------------------------------------------------------
+        def _displaced(self, job_id: int) -> bool:
+            """Whether another job holds the unique key this one carries."""
+            key = self.model[job_id].meta.get("uniq_key")
+            return any(r.holds(key) for i, r in self.model.items() if i != job_id)
+
         @precondition(lambda self: self.model)
-        @rule(pick=picks)
-        def retry(self, pick: int) -> None:
+        @rule(pick=picks, displaced=st.booleans())
+        def retry(self, pick: int, displaced: bool) -> None:
             finished = sorted(
                 i for i, r in self.model.items() if r.state not in ("available", "executing")
             )
+            if displaced:  # the interesting case: its key has a new holder meanwhile
+                finished = [i for i in finished if self._displaced(i)] or finished
             candidates = finished or sorted(self.model)
             job_id = candidates[pick % len(candidates)]
             retried = run(engine.retry_jobs([job_id]))
@@ -375,9 +384,7 @@ def _machine(
             assert [j.id for j in retried] == ([] if row.state == "executing" else [job_id])
             if row.state == "executing":
                 return
-            key = row.meta.get("uniq_key")
-            # A key that another job holds meanwhile is given up: the retry never collides.
-            if any(r.holds(key) for i, r in self.model.items() if i != job_id):
+            if self._displaced(job_id):  # it gives the key up: the retry never collides
                 row.meta = _retired(row.meta)
             row.state = "available"
             row.max = max(row.max, row.attempt + 1)
@@ -478,13 +485,13 @@ async def test_a_stale_ack_never_moves_a_job_that_was_fetched_again(make_app: An
         "delay": 0,
         "error": {"at": "x", "attempt": 1, "error": "e"},
     }
-    await engine.ack_jobs(AckBatch(other=[failed], producer="p1"))
+    await engine.ack_jobs(AckBatch(outcomes=[failed], producer="p1"))
     await app.retry_job(job.id)
     second = (await engine.fetch_jobs("default", 1, AckBatch(), "n", "p2"))[0]
     assert (second.id, second.attempt) == (job.id, 2)
     for stale in (
         AckBatch(done_ids=[job.id], done_attempts=[1], producer="p1"),
-        AckBatch(other=[{**failed, "state": "discarded"}], producer="p1"),
+        AckBatch(outcomes=[{**failed, "state": "discarded"}], producer="p1"),
     ):
         await engine.ack_jobs(stale)  # the first executor, late
         now = await app.get_job(job.id)

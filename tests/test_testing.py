@@ -148,7 +148,7 @@ async def test_helpers_find_the_app_without_app_argument_or_say_so(
         await other.insert(Scripted.new({"n": 1}))
         assert len(await testing.all_enqueued(worker=Scripted)) == 1
     # No app entered in this context and none started in the process: a clear error.
-    from kerrera import _context
+    from kerrera.core import context as _context
 
     monkeypatch.setattr(_context, "_LAST", [])
     empty = contextvars.Context()

@@ -4,25 +4,24 @@ Define workers, insert jobs (alone, in bulk, or inside your own transaction) and
 on any number of nodes with per-queue concurrency, retries and scheduling.
 """
 
-from kerrera._app import Kerrera
-from kerrera._backoff import default_backoff
-from kerrera._context import current_app
-from kerrera._errors import (
+from kerrera.app.facade import Kerrera
+from kerrera.app.sync import SyncKerrera
+from kerrera.core.backoff import default_backoff
+from kerrera.core.context import current_app
+from kerrera.core.errors import (
     ConfigError,
     JobTimeoutError,
     KerreraError,
     SchemaError,
     UnknownWorkerError,
 )
-from kerrera._events import Event
-from kerrera._job import Job, JobState
-from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
-from kerrera._pubsub import Subscription
-from kerrera._sync import SyncKerrera
-from kerrera._unique import Unique
-from kerrera._worker import Worker, resolve_worker, worker
-
-__version__ = "0.1.0"
+from kerrera.core.job import Job, JobState
+from kerrera.core.outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
+from kerrera.core.unique import Unique
+from kerrera.core.version import VERSION as __version__  # noqa: F401  (re-exported)
+from kerrera.core.worker import Worker, resolve_worker, worker
+from kerrera.events.pubsub import Subscription
+from kerrera.events.wire import Event
 
 __all__ = [
     "Cancel",

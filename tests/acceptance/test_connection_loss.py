@@ -75,6 +75,10 @@ def node_backends(dsn: str, app_name: str) -> list[tuple[int, str]]:
     return [(pid, query) for pid, query in rows]
 
 
+#: Seconds within which a job woken by a notification must complete (far below the poll).
+WOKEN = 20
+
+
 async def _completed_within(client: Kerrera, job_id: int, timeout: float) -> None:
     async def done() -> bool:
         job = await client.get_job(job_id)
@@ -86,12 +90,13 @@ async def _completed_within(client: Kerrera, job_id: int, timeout: float) -> Non
 async def test_node_reconnects_and_hears_notifications_again(
     node_app: Callable[..., Kerrera], client: Kerrera, dsn: str, app_name: str
 ) -> None:
-    # poll_interval=30: within this test a job only starts quickly if a notification (or
-    # the notifier's catch-up when it comes back) wakes its producer.
-    node = node_app(queues={"default": 5}, poll_interval=30)
+    # poll_interval=60: within this test a job only starts in time if a notification (or
+    # the notifier's catch-up when it comes back) wakes its producer. Each wait below
+    # allows for a loaded machine and a reconnect, and still ends long before a poll.
+    node = node_app(queues={"default": 5}, poll_interval=60)
     await node.start()
     first = await client.insert(counted.new({}))
-    await _completed_within(client, first.id, timeout=5)  # type: ignore[arg-type]
+    await _completed_within(client, first.id, timeout=WOKEN)  # type: ignore[arg-type]
 
     def listening() -> list[int]:
         return [pid for pid, query in node_backends(dsn, app_name) if query.startswith("LISTEN")]
@@ -103,14 +108,14 @@ async def test_node_reconnects_and_hears_notifications_again(
     # Inserted right after the kill, while the node is (most likely) still deaf: its
     # notification is lost, so the catch-up when the notifier comes back must start it.
     deaf = await client.insert(counted.new({}))
-    await _completed_within(client, deaf.id, timeout=5)  # type: ignore[arg-type]
+    await _completed_within(client, deaf.id, timeout=WOKEN)  # type: ignore[arg-type]
 
     # Once it listens again on a new connection, notifications wake it as before.
-    await eventually(lambda: [pid for pid in listening() if pid not in killed], timeout=5)
+    await eventually(lambda: [pid for pid in listening() if pid not in killed], timeout=WOKEN)
     later = []
     for _ in range(3):
         job = await client.insert(counted.new({}))
-        await _completed_within(client, job.id, timeout=5)  # type: ignore[arg-type]
+        await _completed_within(client, job.id, timeout=WOKEN)  # type: ignore[arg-type]
         later.append(job)
 
     assert sorted(nodeworkers.RUNS) == sorted((j.id, 1) for j in [first, deaf, *later])

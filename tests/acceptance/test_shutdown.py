@@ -13,7 +13,7 @@ from acceptance.nodes import Node, until
 from acceptance.nodeworkers import hand_over, read_events, traced, traced_sync
 
 from kerrera import Job, JobState, Kerrera
-from kerrera.migrations import LATEST_VERSION
+from kerrera.engine.migrations import LATEST_VERSION
 
 
 def _jobs(client: Kerrera, jobs: list[Job]) -> dict[int, Job]:

@@ -55,8 +55,8 @@ def _database(dsn: str, **options: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module", autouse=True)
 def django_project(dsn: str) -> Iterator[None]:
     """Django set up once for this module, with the example's Order table created."""
-    if settings.configured:
-        pytest.skip("Django was configured by another test module")
+    if settings.configured:  # these tests need their own settings: never skip them silently
+        pytest.fail("Django was configured before this module (by another test module?)")
     sys.path.insert(0, str(EXAMPLE))
     settings.configure(
         DATABASES={
@@ -330,7 +330,7 @@ class _Started:
 def test_manage_py_kerrera_migrates_and_runs_the_views_job(dsn: str, prefix: str, sql: SQL) -> None:
     from orders.models import Order
 
-    from kerrera.migrations import LATEST_VERSION
+    from kerrera.engine.migrations import LATEST_VERSION
 
     env = _example_env(dsn, prefix)
     status = _manage(env, "kerrera", "migrate", "--status")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import eventually
 from sqlalchemy import URL, Engine, create_engine, make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from support import scripted
 from support.scripted import Scripted
@@ -64,9 +65,8 @@ def engine(dsn: str, prefix: str, app: Kerrera) -> Iterator[Engine]:
 
 @pytest.fixture
 async def aengine(dsn: str, prefix: str, app: Kerrera) -> AsyncIterator[Any]:
-    pytest.importorskip("greenlet", reason="AsyncSession needs sqlalchemy[asyncio] (greenlet)")
-    from sqlalchemy.ext.asyncio import create_async_engine
-
+    # (AsyncSession needs greenlet: the test extras install sqlalchemy[asyncio], so a
+    # missing greenlet fails these tests rather than skipping them.)
     sa_engine = create_async_engine(psycopg_url(dsn), execution_options=in_schema(prefix))
     yield sa_engine
     await sa_engine.dispose()

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from kerrera._job import Job
+from kerrera.core.job import Job
 
 #: A table cell: its text, or (text, rich style) for colour on a terminal.
 Cell = str | tuple[str, str]

@@ -96,6 +96,16 @@ class _Exit(Exception):  # control flow, not an error
         self.code = code
 
 
+def add_parser(sub: Any, common: Any) -> None:
+    """Register `kerrera demo [--tracks N] [--fail-rate R]`."""
+    parser = sub.add_parser("demo", help="run a small media pipeline on the embedded database")
+    common(parser)
+    parser.add_argument("--tracks", type=int, default=1000, help="tracks to process (1000)")
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.1, help="share of steps that fail once and retry (0.1)"
+    )
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every job completed, 1 otherwise, 130 when interrupted."""
     console, stop = Console(highlight=False), asyncio.Event()

@@ -10,14 +10,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kerrera import _json
-from kerrera._errors import ConfigError
-from kerrera._inspect import act_on_ids
-from kerrera._job import Job
+from kerrera.app.inspect import act_on_ids
 from kerrera.cli._render import Output, job_dict, progress, state_cell, when
+from kerrera.core import codec
+from kerrera.core.errors import ConfigError
+from kerrera.core.job import Job
 
 if TYPE_CHECKING:
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
 #: Each management action and how its result is told ("retried 3 jobs").
 ACTIONS = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
@@ -83,7 +83,7 @@ def _split(values: list[str] | None) -> list[str] | None:
 async def run(args: argparse.Namespace) -> int:
     """Carry out `kerrera jobs ...`; 1 when a job named by id was not found or not acted
     on, 2 for a usage error."""
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
     # Never migrate from here: a mistyped --prefix should fail, not create a schema.
     app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir, migrate=False)
@@ -127,7 +127,7 @@ async def _list(app: Kerrera, args: argparse.Namespace, out: Output) -> int:
 
 
 def _short(args: dict[str, Any], width: int = 60) -> str:
-    text = _json.dumps(args)
+    text = codec.dumps(args)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from kerrera._inspect import UNFINISHED
 from kerrera.cli._render import Cell, Output
+from kerrera.core.job import UNFINISHED
 
 if TYPE_CHECKING:
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
 ACTIONS = ("pause", "resume", "scale", "start", "stop")
 #: The report's columns (`--json` has every key of `check_all_queues` rows, plus these).
@@ -36,7 +36,7 @@ def add_parser(sub: Any, common: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Carry out `kerrera queues ...`."""
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
     # Never migrate from here: a mistyped --prefix should fail, not create a schema.
     app = Kerrera(args.dsn, prefix=args.prefix, data_dir=args.data_dir, migrate=False)

@@ -15,13 +15,13 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from kerrera._errors import ConfigError
 from kerrera.cli._render import Cell, Output, rich_table
 from kerrera.cli._signals import on_interrupt
 from kerrera.cli.queues import queue_report
+from kerrera.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
 T = TypeVar("T")
 #: Jobs per second per queue: (completed, failed).
@@ -147,7 +147,7 @@ def headline(report: list[dict[str, Any]], rates: Rates | None) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     """Carry out `kerrera top`; 0 also when interrupted with Ctrl-C."""
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
     if not args.interval > 0:
         raise ConfigError(f"option '--interval' must be > 0 seconds, got {args.interval}")

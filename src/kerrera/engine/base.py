@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from kerrera._job import Job
+from kerrera.core.job import Job, RunningJob
 
 
 @dataclass(slots=True)
@@ -15,8 +15,9 @@ class AckBatch:
     """Finished jobs waiting to be written, kept cheap to append to on the hot path.
 
     Plain completions are two parallel lists (the common case, one array each in SQL);
-    every other outcome is a small dict (`id`, `attempt`, `state`, `delay`, `snooze`,
-    `error`, `meta`); `released` are interrupted jobs to put back as available.
+    every other outcome (retryable, discarded, cancelled, snoozed, completed with a
+    recorded value) is a small dict in `outcomes` (`id`, `attempt`, `state`, `delay`,
+    `snooze`, `error`, `meta`); `released` are interrupted jobs to put back as available.
     `producer` is the owner every ack is guarded by (`attempted_by[2]`, the uuid of the
     producer that fetched the job): a row that another producer holds now, or whose
     attempt was rolled back and fetched again elsewhere, never takes this ack.
@@ -25,24 +26,12 @@ class AckBatch:
     producer: str = ""
     done_ids: list[int] = field(default_factory=list)
     done_attempts: list[int] = field(default_factory=list)
-    other: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
     released_ids: list[int] = field(default_factory=list)
     released_attempts: list[int] = field(default_factory=list)
-    #: Job events to publish once these acks are written (not stored; only filled
-    #: while someone subscribes).
-    notes: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.done_ids) + len(self.other) + len(self.released_ids)
-
-    def extend(self, older: AckBatch) -> None:
-        """Put back acks from a failed flush so they are retried with the next one."""
-        self.done_ids.extend(older.done_ids)
-        self.done_attempts.extend(older.done_attempts)
-        self.other.extend(older.other)
-        self.released_ids.extend(older.released_ids)
-        self.released_attempts.extend(older.released_attempts)
-        self.notes.extend(older.notes)
+        return len(self.done_ids) + len(self.outcomes) + len(self.released_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +49,28 @@ class QueueSignal:
     peers: bool
 
 
+#: A notification the engine hands over: a JSON object, or a payload already encoded.
+Message = dict[str, Any] | str
+
+
+class EngineNotifier(Protocol):
+    """What the engine asks of the app's notifier (see `kerrera.notifier`): whether the
+    statements' own `pg_notify` reaches its listeners, and, when it does not, how to
+    hand over what they would have sent."""
+
+    @property
+    def transactional(self) -> bool:
+        """True when `pg_notify` inside a statement reaches the listeners."""
+
+    async def notify(self, channel: str, *messages: Message) -> None:
+        """Deliver `messages` on `channel`."""
+
+    def notify_threadsafe(
+        self, channel: str, *messages: Message, hold: Callable[[], bool] | None = None
+    ) -> None:
+        """Deliver from any thread, once `hold()` (if given) returns False."""
+
+
 class Engine(Protocol):
     """What the runtime and the API ask of storage. Only engines speak SQL."""
 
@@ -68,11 +79,13 @@ class Engine(Protocol):
 
     async def fetch_jobs(
         self, queue: str, demand: int, acks: AckBatch, node: str, producer: str
-    ) -> list[Job]:
-        """Write `acks` and claim up to `demand` available jobs of `queue`, in one trip."""
+    ) -> list[RunningJob]:
+        """Write `acks` and claim up to `demand` available jobs of `queue`, in one trip
+        (one statement, `ack_and_fetch`)."""
 
     async def ack_jobs(self, acks: AckBatch) -> None:
-        """Write `acks` (and release interrupted jobs) without fetching."""
+        """Write `acks` (and release interrupted jobs) without fetching (`ack_and_fetch`
+        with no demand)."""
 
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
         """Put back jobs this producer fetched but never received; return how many."""

@@ -1,15 +1,14 @@
-"""Read-mostly statements for operators (listing jobs, counting queues), mixed into
-`PostgresEngine`. Their SQL lives in `sql/inspect.sql`."""
+"""Read-mostly operations for operators (listing jobs, counting queues, choosing the
+jobs of a bulk action), as steps that both engines drive (see steps.py). Their SQL lives
+in `sql/inspect.sql`."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-if TYPE_CHECKING:
-    from kerrera._job import Job
-    from kerrera.engine.statements import Statements
+from kerrera.core.job import Job
+from kerrera.engine.steps import Query, Steps, one
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,73 +38,39 @@ def _array(values: tuple[str, ...] | None) -> list[str] | None:
     return None if values is None else list(values)
 
 
-class _Runner(Protocol):
-    """What these queries need of the engine they are mixed into (PostgresEngine)."""
-
-    async def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]: ...
-
-    async def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]: ...
-
-
-class InspectQueries:
-    """Operator queries of the engine (listing and counting jobs, bulk selections)."""
-
-    async def list_jobs(
-        self: _Runner, where: JobFilter, limit: int, before_id: int | None
-    ) -> list[Job]:
-        """Up to `limit` jobs matching `where`, newest first, below `before_id` if given."""
-        params = where.params()
-        params.update(limit=limit, before=before_id)
-        return await self._rows("list_jobs", params)
-
-    async def count_jobs(self: _Runner) -> list[tuple[str, str, int]]:
-        """(queue, state, count) of every queue's unfinished jobs (only states that
-        have jobs appear)."""
-        rows = await self._execute("count_jobs", {})
-        return [(str(queue), str(state), int(n)) for queue, state, n in rows]
-
-    async def last_job_id(self: _Runner) -> int:
-        """The highest job id now (0 for an empty table)."""
-        rows = await self._execute("last_job_id", {})
-        return int(rows[0][0]) if rows else 0
-
-    async def select_job_ids(
-        self: _Runner, where: JobFilter, after_id: int, upto_id: int, limit: int
-    ) -> list[int]:
-        """Ids of up to `limit` jobs matching `where` with after_id < id <= upto_id, in
-        id order: one chunk of a bulk action."""
-        params = where.params()
-        params.update(after=after_id, upto=upto_id, limit=limit)
-        return [int(row[0]) for row in await self._execute("select_job_ids", params)]
-
-    async def count_matching(self: _Runner, where: JobFilter, upto_id: int) -> int:
-        """How many jobs up to `upto_id` match `where`."""
-        params = where.params()
-        params.update(upto=upto_id)
-        rows = await self._execute("count_matching", params)
-        return int(rows[0][0]) if rows else 0
+def list_jobs(where: JobFilter, limit: int, before_id: int | None) -> Steps[list[Job]]:
+    """Up to `limit` jobs matching `where`, newest first, below `before_id` if given."""
+    params = where.params()
+    params.update(limit=limit, before=before_id)
+    jobs: list[Job] = yield Query("list_jobs", params)
+    return jobs
 
 
-class SyncInspectQueries:
-    """The sync engine's operator reads (`app.sync.list_jobs`, `app.sync.count_jobs`)."""
+def count_jobs() -> Steps[list[tuple[str, str, int]]]:
+    """(queue, state, count) of every queue's unfinished jobs (only states that have
+    jobs appear)."""
+    rows = yield from one("count_jobs", {})
+    return [(str(queue), str(state), int(n)) for queue, state, n in rows]
 
-    # Provided by SyncPostgresEngine, which this class is mixed into.
-    def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Job]:
-        raise NotImplementedError
 
-    def _connection(self, conn: Any) -> AbstractContextManager[Any]:
-        raise NotImplementedError
+def last_job_id() -> Steps[int]:
+    """The highest job id now (0 for an empty table)."""
+    rows = yield from one("last_job_id", {})
+    return int(rows[0][0]) if rows else 0
 
-    sql: Statements
 
-    def list_jobs(self, where: JobFilter, limit: int, before_id: int | None) -> list[Job]:
-        """Up to `limit` jobs matching `where`, newest first, below `before_id` if given."""
-        params = where.params()
-        params.update(limit=limit, before=before_id)
-        return self._rows("list_jobs", params)
+def select_job_ids(where: JobFilter, after_id: int, upto_id: int, limit: int) -> Steps[list[int]]:
+    """Ids of up to `limit` jobs matching `where` with after_id < id <= upto_id, in id
+    order: one chunk of a bulk action."""
+    params = where.params()
+    params.update(after=after_id, upto=upto_id, limit=limit)
+    rows = yield from one("select_job_ids", params)
+    return [int(row[0]) for row in rows]
 
-    def count_jobs(self) -> list[tuple[str, str, int]]:
-        """(queue, state, count) of every queue's unfinished jobs."""
-        with self._connection(None) as c:
-            rows = c.execute(self.sql["count_jobs"]).fetchall()
-        return [(str(queue), str(state), int(n)) for queue, state, n in rows]
+
+def count_matching(where: JobFilter, upto_id: int) -> Steps[int]:
+    """How many jobs up to `upto_id` match `where`."""
+    params = where.params()
+    params.update(upto=upto_id)
+    rows = yield from one("count_matching", params)
+    return int(rows[0][0]) if rows else 0

@@ -1,4 +1,6 @@
-"""The PostgreSQL engine (async): a psycopg connection pool and the named statements."""
+"""The PostgreSQL engine (async): a psycopg connection pool that drives the engine's
+operations (jobs.py, node.py, inspect.py, testing.py, unique.py; see steps.py). It holds
+no engine logic of its own, except the fetch: the hot path, one statement run directly."""
 
 from __future__ import annotations
 
@@ -7,63 +9,35 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from kerrera import _json
-from kerrera._job import Job
-from kerrera.engine.base import AckBatch, QueueSignal
-from kerrera.engine.inspect import InspectQueries
-from kerrera.engine.statements import (
-    Statements,
-    ack_params,
-    copied_jobs,
-    copy_rows,
-    flagged_job_row,
-    in_transaction,
-    insert_messages,
-    insert_params,
-    job_row,
-    pkill_message,
-    queue_messages,
-    queue_state_params,
-    saved_jobs,
-    split_due,
-)
-from kerrera.engine.testing import TestingQueries
-from kerrera.engine.unique import insert_unique, unique_row
-
-if TYPE_CHECKING:
-    from kerrera.notifier.base import Message, Notifier
+from kerrera.core import codec
+from kerrera.core.job import Job, RunningJob
+from kerrera.engine import inspect as inspect_ops
+from kerrera.engine import jobs as job_ops
+from kerrera.engine import node as node_ops
+from kerrera.engine import testing as testing_ops
+from kerrera.engine.base import AckBatch, EngineNotifier, Message, QueueSignal
+from kerrera.engine.inspect import JobFilter
+from kerrera.engine.statements import Statements, ack_params, in_transaction, job_row
+from kerrera.engine.steps import Atomic, CopyIn, HandOver, Query, Route, Step, Steps, one
 
 log = logging.getLogger("kerrera.engine")
 
-#: Statements safe to run again when their connection turned out to be dead: reads, and
-#: management calls whose second run changes nothing the first did not.
-_RETRYABLE = frozenset({"get_jobs", "retry_jobs", "cancel_jobs", "delete_jobs"})
-
-#: A retry that collides with a unique insert committing at the same moment is run
-#: again (it then sees the new holder and gives its key up); this many times at most.
-UNIQUE_RACE_ATTEMPTS = 3
-#: Jobs per insert statement in `insert_all`: large enough to amortise the round trip,
-#: small enough that one JSON parameter stays a few megabytes.
-INSERT_BATCH = 5000
-#: From this many jobs due now, a batch goes through COPY (three round trips, but about
-#: twice the rows per second of INSERT ... RETURNING); below it, one INSERT statement.
-COPY_FROM = 200
+T = TypeVar("T")
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    _json.configure(conn)
+    codec.configure(conn)
     # Kerrera's statements are short, but some carry large cost estimates (a bulk retry's
     # unique check); compiling them with JIT costs far more than running them.
     await conn.execute("SET jit = off")
 
 
-class PostgresEngine(InspectQueries, TestingQueries):
+class PostgresEngine:
     """Runs every statement of Kerrera against PostgreSQL through one async pool.
 
     Connections are in autocommit mode: each statement is its own transaction, which is
@@ -81,7 +55,7 @@ class PostgresEngine(InspectQueries, TestingQueries):
         )  # fmt: skip
         #: Where this engine's notifications go (set by the app when it opens the engine).
         #: None, or a transactional notifier: statements `pg_notify` themselves.
-        self.notifier: Notifier | None = None
+        self.notifier: EngineNotifier | None = None
 
     async def open(self) -> None:
         """Open the pool and wait until a first connection works."""
@@ -91,51 +65,62 @@ class PostgresEngine(InspectQueries, TestingQueries):
         """Close every pooled connection."""
         await self.pool.close()
 
-    async def _rows(
-        self, name: str, params: dict[str, Any], conn: Any = None, row_factory: Any = job_row
-    ) -> list[Any]:
+    # -- driving steps ---------------------------------------------------------------------
+    async def _run(self, steps: Steps[T], conn: Any = None) -> T:
+        """Drive `steps` on `conn`, or on a pooled connection."""
         if conn is not None:
-            async with conn.cursor(row_factory=row_factory) as cur:
-                await cur.execute(self.sql[name], params)
-                return await cur.fetchall()  # type: ignore[no-any-return]
+            return await self._drive(conn, steps)
         try:
-            return await self._pooled_rows(name, params, row_factory)
+            async with self.pool.connection() as c:
+                return await self._drive(c, steps)
         except psycopg.OperationalError:
-            if name not in _RETRYABLE:
-                raise
+            # Not run again: a write may have committed before the reply was lost.
             await self._drop_dead_connections()
-            # once, on a checked connection
-            return await self._pooled_rows(name, params, row_factory)
+            raise
 
-    async def _pooled_rows(self, name: str, params: dict[str, Any], row_factory: Any) -> list[Any]:
-        async with self.pool.connection() as c, c.cursor(row_factory=row_factory) as cur:
-            await cur.execute(self.sql[name], params)
-            return await cur.fetchall()
-
-    # -- notifications -------------------------------------------------------------------
-    def _inline(self, channel: str) -> str | None:
-        """The one place that decides how a statement's notifications go out: the
-        channel for the statement's own `pg_notify` (delivered only if it commits, at no
-        extra round trip), or None when the notifier delivers in-process: the statement
-        then skips it and the engine passes the messages to `_hand_over` afterwards."""
-        notifier = self.notifier
-        return channel if notifier is None or notifier.transactional else None
-
-    async def _hand_over(self, channel: str, messages: Sequence[Message], conn: Any = None) -> None:
-        """Give an in-process notifier what a statement did not send itself. On a
-        caller's connection inside a transaction, delivery waits for its end (as NOTIFY
-        does: a producer woken before the commit would find nothing)."""
-        notifier = self.notifier
-        if notifier is None or notifier.transactional or not messages:
-            return
+    async def _run_again(self, make: Callable[[], Steps[T]], conn: Any = None) -> T:
+        """`_run` for reads and management calls whose second run changes nothing the
+        first did not: run once more when the pooled connection turned out dead."""
+        if conn is not None:
+            return await self._drive(conn, make())
         try:
-            if conn is not None and in_transaction(conn):
-                hold = functools.partial(in_transaction, conn)
-                notifier.notify_threadsafe(channel, *messages, hold=hold)
-            else:
-                await notifier.notify(channel, *messages)
-        except Exception as exc:  # the statement is done: never fail it for a wake-up
-            log.warning("could not hand %d notification(s) over (%s)", len(messages), exc)
+            return await self._run(make())
+        except psycopg.OperationalError:
+            return await self._run(make())  # once, on a checked connection
+
+    async def _drive(self, conn: Any, steps: Steps[T]) -> T:
+        reply: Any = None
+        failed: Exception | None = None
+        while True:
+            try:
+                step = steps.send(reply) if failed is None else steps.throw(failed)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            failed = None
+            try:
+                reply = await self._step(conn, step)
+            except Exception as exc:  # the operation decides (see steps.py)
+                failed = exc
+
+    async def _step(self, conn: Any, step: Step) -> Any:
+        match step:
+            case Query(name, params, row):
+                async with conn.cursor(row_factory=row) as cur:
+                    await cur.execute(self.sql[name], params)
+                    return await cur.fetchall() if cur.description else []
+            case CopyIn(name, rows):
+                async with conn.cursor() as cur, cur.copy(self.sql[name]) as copy:
+                    for values in rows:
+                        await copy.write_row(values)
+            case Atomic(nested):
+                if not conn.autocommit:  # the caller's transaction decides
+                    return await self._drive(conn, nested)
+                async with conn.transaction():
+                    return await self._drive(conn, nested)
+            case HandOver(channel, messages):
+                await self._hand_over(channel, messages, conn)
+        return None
 
     async def _drop_dead_connections(self) -> None:
         # One dead pooled connection usually means all of them died (a server restart,
@@ -146,235 +131,126 @@ class PostgresEngine(InspectQueries, TestingQueries):
         except Exception as exc:  # the check itself can fail while the server is away
             log.warning("could not check pooled connections: %s", exc)
 
-    async def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
-        if conn is not None:
-            return await self._insert_on(conn, jobs)
-        try:
-            async with self.pool.connection() as c:
-                return await self._insert_on(c, jobs)
-        except psycopg.OperationalError:
-            # Not retried: the insert may have committed before the reply was lost.
-            await self._drop_dead_connections()
-            raise
+    # -- notifications -------------------------------------------------------------------
+    def _route(self, channel: str) -> Route:
+        """The one place that decides how a statement's notifications go out: by the
+        statement's own `pg_notify` (delivered only if it commits, at no extra round
+        trip), or, for an in-process notifier, handed over after it (`_hand_over`)."""
+        notifier = self.notifier
+        return Route(channel, notifier is None or notifier.transactional)
 
-    async def _insert_on(self, conn: Any, jobs: Sequence[Job]) -> list[Job]:
-        saved: dict[int, Job] = {}
-        now, later, unique = split_due(jobs)
-        if unique:
-            made = await self._insert_unique(conn, [jobs[i] for i in unique])
-            saved.update(zip(unique, made, strict=True))
-        for start in range(0, len(now), INSERT_BATCH):
-            chunk = now[start : start + INSERT_BATCH]
-            if len(chunk) >= COPY_FROM:
-                made = await self._copy(conn, [jobs[i] for i in chunk])
+    async def _hand_over(self, channel: str, messages: Sequence[Message], conn: Any) -> None:
+        """Give an in-process notifier what a statement did not send itself. Inside a
+        transaction (a caller's, or an `Atomic` step's), delivery waits for its end (as
+        NOTIFY does: a producer woken before the commit would find nothing)."""
+        notifier = self.notifier
+        if notifier is None or notifier.transactional or not messages:
+            return
+        try:
+            if in_transaction(conn):
+                hold = functools.partial(in_transaction, conn)
+                notifier.notify_threadsafe(channel, *messages, hold=hold)
             else:
-                made = await self._insert_rows(conn, [jobs[i] for i in chunk])
-            saved.update(zip(chunk, made, strict=True))
-        for start in range(0, len(later), INSERT_BATCH):
-            chunk = later[start : start + INSERT_BATCH]
-            made = await self._insert_rows(conn, [jobs[i] for i in chunk])
-            saved.update(zip(chunk, made, strict=True))
-        out = [saved[i] for i in range(len(jobs))]
-        if self._inline(self.sql.insert_channel) is None:
-            await self._hand_over(self.sql.insert_channel, insert_messages(out), conn)
-        return out
+                await notifier.notify(channel, *messages)
+        except Exception as exc:  # the statement is done: never fail it for a wake-up
+            log.warning("could not hand %d notification(s) over (%s)", len(messages), exc)
 
-    async def _insert_rows(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        params = insert_params(jobs, self._inline(self.sql.insert_channel))
-        # The caller's connection may have any row factory: read plain tuples.
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(self.sql["insert_jobs"], params)
-            rows = await cur.fetchall()
-        return saved_jobs(jobs, rows)
-
-    async def _insert_unique(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        steps = insert_unique(jobs, self._inline(self.sql.insert_channel))
-        rows: Any = None
-        try:
-            while True:
-                name, params = steps.send(rows)
-                async with conn.cursor(row_factory=unique_row) as cur:
-                    await cur.execute(self.sql[name], params)
-                    rows = await cur.fetchall()
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    async def _copy(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        # One transaction: ids and the timestamp the defaults use, the rows, the
-        # notification; nothing is read back. A caller's connection outside autocommit
-        # is already in (or opens) its own transaction, which must decide: no block of
-        # ours there, or psycopg would commit it.
-        if not conn.autocommit:
-            return await self._copy_rows(conn, jobs)
-        async with conn.transaction():
-            return await self._copy_rows(conn, jobs)
-
-    async def _copy_rows(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            params = {"table": self.sql.table, "n": len(jobs)}
-            await cur.execute(self.sql["reserve_ids"], params)
-            ids_text, at = await cur.fetchone()
-        ids = [int(i) for i in ids_text.split(",")]
-        async with conn.cursor().copy(self.sql["copy_jobs"]) as copy:
-            for row in copy_rows(ids, jobs):
-                await copy.write_row(row)
-        channel = self._inline(self.sql.insert_channel)
-        if channel is not None:  # (else `_insert_on` hands the wake-ups over)
-            await conn.execute(self.sql["notify_queues"], {
-                "channel": channel, "queues": sorted({j.queue for j in jobs}),
-            })  # fmt: skip
-        return copied_jobs(ids, at, jobs)
+    # -- jobs ----------------------------------------------------------------------------
+    async def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
+        """Insert jobs (see `jobs.insert_jobs`), on `conn` when given."""
+        return await self._run(
+            job_ops.insert_jobs(jobs, self._route(self.sql.insert_channel)), conn
+        )
 
     async def fetch_jobs(
         self, queue: str, demand: int, acks: AckBatch, node: str, producer: str
-    ) -> list[Job]:
-        if acks.released_ids:
-            await self._release(acks)
+    ) -> list[RunningJob]:
+        """Write `acks` and claim up to `demand` available jobs of `queue`: one statement
+        (`ack_and_fetch`), run directly, as this is the hot path."""
+        if acks.released_ids:  # (only when a producer stops)
+            await self._run(job_ops.release_jobs(acks, self._route(self.sql.insert_channel)))
         params = ack_params(acks, queue, demand, node, producer)
-        return await self._rows("fetch_jobs", params)
+        async with self.pool.connection() as c, c.cursor(row_factory=job_row) as cur:
+            await cur.execute(self.sql["ack_and_fetch"], params)
+            # (rows of jobs now executing: their ids are set)
+            return await cur.fetchall()
 
     async def ack_jobs(self, acks: AckBatch, conn: Any = None) -> None:
-        """Write `acks` (releases on a pooled connection; outcomes on `conn` if given)."""
-        if acks.released_ids:
-            await self._release(acks)
-        if acks.done_ids or acks.other:
-            await self._rows("fetch_jobs", ack_params(acks), conn)
-
-    async def _release(self, acks: AckBatch) -> None:
-        channel = self._inline(self.sql.insert_channel)
-        async with self.pool.connection() as c:
-            cur = await c.execute(self.sql["release_jobs"], {
-                "ids": acks.released_ids, "attempts": acks.released_attempts,
-                "owner": acks.producer, "channel": channel,
-            })  # fmt: skip
-            queues = sorted({row[1] for row in await cur.fetchall()})
-        acks.released_ids, acks.released_attempts = [], []
-        if channel is None and queues:
-            await self._hand_over(self.sql.insert_channel, queue_messages(queues))
-
-    async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
-        async with self.pool.connection() as c:
-            cur = await c.execute(
-                self.sql["reclaim_jobs"],
-                {"queue": queue, "producer": producer, "running": list(running)},
-            )
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
-
-    async def heartbeat(self, producers: Sequence[tuple[str, str, str, str]]) -> None:
-        await self._execute("heartbeat", {
-            "uuids": [p[0] for p in producers], "nodes": [p[1] for p in producers],
-            "queues": [p[2] for p in producers], "states": [p[3] for p in producers],
-        })  # fmt: skip
-
-    async def forget_producers(self, uuids: Sequence[str]) -> None:
-        async with self.pool.connection() as c:
-            await c.execute(self.sql["forget_producers"], {"uuids": list(uuids)})
-
-    async def rescue_jobs(self, ttl: float, rescue_after: float) -> tuple[int, int]:
-        rows = await self._execute("rescue_jobs", {
-            "ttl": ttl, "rescue_after": rescue_after,
-            "channel": self._inline(self.sql.insert_channel),
-        })  # fmt: skip
-        if not rows:
-            return 0, 0
-        rescued, expired, queues = rows[0]
-        await self._hand_over(self.sql.insert_channel, queue_messages(queues))
-        return int(rescued), int(expired)
-
-    async def stage_jobs(self, limit: int) -> dict[str, int]:
-        rows = await self._execute(
-            "stage_jobs", {"limit": limit, "channel": self._inline(self.sql.insert_channel)}
-        )
-        staged = {queue: int(n) for queue, n, _ in rows}
-        await self._hand_over(self.sql.insert_channel, queue_messages(staged))
-        return staged
+        """Write `acks` without fetching, on `conn` when given."""
+        await self._run(job_ops.ack_jobs(acks, self._route(self.sql.insert_channel)), conn)
 
     async def complete_job(
         self, job_id: int, attempt: int, conn: Any, owner: str | None = None
     ) -> bool:
-        params = {"id": job_id, "attempt": attempt, "owner": owner}
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(self.sql["complete_job"], params)
-            return await cur.fetchone() is not None
+        """Complete a running attempt on the caller's connection; False if it lost it."""
+        return await self._run(job_ops.complete_job(job_id, attempt, owner), conn)
 
     async def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
-        return await self._rows("get_jobs", {"ids": list(ids)}, conn)
+        """Read jobs by id."""
+        return await self._run_again(lambda: job_ops.get_jobs(ids), conn)
 
     async def retry_jobs(self, ids: Sequence[int]) -> list[Job]:
-        retried = await self._retry(ids)
-        await self._hand_over(self.sql.insert_channel, insert_messages(retried))
-        return retried
-
-    async def _retry(self, ids: Sequence[int]) -> list[Job]:
-        params = {"ids": list(ids), "channel": self._inline(self.sql.insert_channel)}
-        for _ in range(UNIQUE_RACE_ATTEMPTS - 1):
-            try:
-                return await self._rows("retry_jobs", params)
-            except psycopg.errors.UniqueViolation:
-                continue  # a duplicate committed meanwhile: now the statement sees it
-        return await self._rows("retry_jobs", params)
+        """Make jobs that are not running available again."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run_again(lambda: job_ops.retry_jobs(ids, route, repeatable=True))
 
     async def cancel_jobs(self, ids: Sequence[int]) -> list[Job]:
-        params = {"ids": list(ids), "signal": self._inline(self.sql.signal_channel)}
-        rows = await self._rows("cancel_jobs", params, row_factory=flagged_job_row)
-        kills = [pkill_message(job.id) for job, live in rows if live]
-        await self._hand_over(self.sql.signal_channel, kills)
-        return [job for job, _ in rows]
+        """Cancel unfinished jobs (running ones are signalled to stop)."""
+        route = self._route(self.sql.signal_channel)
+        return await self._run_again(lambda: job_ops.cancel_jobs(ids, route))
 
     async def delete_jobs(self, ids: Sequence[int]) -> list[Job]:
-        return await self._rows("delete_jobs", {"ids": list(ids)})
+        """Delete jobs that are not running."""
+        return await self._run_again(lambda: job_ops.delete_jobs(ids))
+
+    # -- producers and services ----------------------------------------------------------
+    async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
+        """Put back jobs this producer fetched but never received; return how many."""
+        return await self._run(node_ops.reclaim_jobs(queue, producer, running))
+
+    async def heartbeat(self, producers: Sequence[tuple[str, str, str, str]]) -> None:
+        """Record that these producers (uuid, node, queue, state as JSON) are alive."""
+        await self._run(node_ops.heartbeat(producers))
+
+    async def forget_producers(self, uuids: Sequence[str]) -> None:
+        """Remove producers that stopped cleanly."""
+        await self._run(one("forget_producers", {"uuids": list(uuids)}))
+
+    async def rescue_jobs(self, ttl: float, rescue_after: float) -> tuple[int, int]:
+        """Rescue orphaned executing jobs; return (jobs rescued, producers expired)."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run(node_ops.rescue_jobs(ttl, rescue_after, route))
+
+    async def stage_jobs(self, limit: int) -> dict[str, int]:
+        """Make due scheduled/retryable jobs available; return counts by queue."""
+        return await self._run(node_ops.stage_jobs(limit, self._route(self.sql.insert_channel)))
 
     async def notify(self, channel: str, *payloads: str) -> None:
         """Send encoded payloads on `channel` with `pg_notify`, in one statement. This is
         the Postgres notifier's transport: everything else sends through the notifier."""
-        async with self.pool.connection() as c:
-            await c.execute(self.sql["notify"], {"channel": channel, "payloads": list(payloads)})
+        await self._run(one("notify", {"channel": channel, "payloads": list(payloads)}))
 
-    async def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        async with self.pool.connection() as c, c.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(self.sql[name], params)
-            return await cur.fetchall() if cur.description else []
-
-    # -- leadership -----------------------------------------------------------------------
     async def elect_leader(self, name: str, node: str, started_at: datetime, lease: float) -> bool:
         """Take or renew the lease of `name`; True while this instance holds it."""
-        rows = await self._execute("elect_leader", {
-            "name": name, "node": node, "started_at": started_at, "lease": lease,
-        })  # fmt: skip
-        return bool(rows)
+        return await self._run(node_ops.elect_leader(name, node, started_at, lease))
 
     async def resign_leader(self, name: str, node: str, started_at: datetime) -> None:
         """Give the lease up (if held) and notify the others."""
-        rows = await self._execute("resign_leader", {
-            "name": name, "node": node, "started_at": started_at,
-            "channel": self._inline(self.sql.leader_channel),
-        })  # fmt: skip
-        downs: list[Message] = [{"down": row[0]} for row in rows]
-        await self._hand_over(self.sql.leader_channel, downs)
+        route = self._route(self.sql.leader_channel)
+        await self._run(node_ops.resign_leader(name, node, started_at, route))
 
     async def get_leader(self, name: str) -> str | None:
         """The node holding the unexpired lease of `name`, if any."""
-        rows = await self._execute("get_leader", {"name": name})
-        return str(rows[0][0]) if rows else None
+        return await self._run(node_ops.get_leader(name))
 
-    # -- maintenance ----------------------------------------------------------------------
     async def prune_jobs(self, max_age: dict[str, float | None], limit: int) -> dict[str, int]:
         """Delete one batch of finished jobs older than their state's max age."""
-        rows = await self._execute("prune_jobs", {
-            "completed": max_age.get("completed"), "cancelled": max_age.get("cancelled"),
-            "discarded": max_age.get("discarded"), "limit": limit,
-        })  # fmt: skip
-        counts: dict[str, int] = {}
-        for (state,) in rows:
-            counts[state] = counts.get(state, 0) + 1
-        return counts
+        return await self._run(node_ops.prune_jobs(max_age, limit))
 
     async def job_indexes(self) -> list[tuple[str, bool]]:
         """Indexes of the jobs table: (qualified name, True for a leftover of an
         interrupted concurrent rebuild, to drop)."""
-        rows = await self._execute("job_indexes", {"table": self.sql.table})
-        return [(str(name), bool(leftover)) for name, leftover in rows]
+        return await self._run(node_ops.job_indexes())
 
     async def rebuild_index(self, name: str, *, drop: bool = False) -> None:
         """REINDEX (or DROP) an index CONCURRENTLY; `name` comes from `job_indexes`."""
@@ -383,69 +259,100 @@ class PostgresEngine(InspectQueries, TestingQueries):
             await c.execute(f"{verb} {name}")
 
     async def insert_cron(
-        self, names: Sequence[str], plan: Callable[[dict[str, datetime], datetime], list[Job]]
+        self, names: Sequence[str], plan: node_ops.CronPlan
     ) -> tuple[list[Job], datetime]:
-        """In one transaction: lock the cron entries' last ticks, insert the jobs that
-        `plan(last_ticks, db_now)` returns, and advance the ticks to db_now."""
-        async with self.pool.connection() as c:
-            await c.execute(self.sql["seed_cron"], {"names": list(names)})
-            async with c.transaction():
-                cur = await c.execute(self.sql["lock_cron"], {"names": list(names)})
-                rows = await cur.fetchall()
-                now = rows[0][2] if rows else await self.db_now()
-                jobs = plan({r[0]: r[1] for r in rows}, now)
-                saved = await self._insert_on(c, jobs) if jobs else []
-                await c.execute(self.sql["advance_cron"], {"names": list(names), "until": now})
-        return saved, now
+        """Insert the jobs `plan(last ticks, now)` returns and advance the ticks,
+        atomically (see `node.insert_cron`)."""
+        return await self._run(
+            node_ops.insert_cron(names, plan, self._route(self.sql.insert_channel))
+        )
 
     async def db_now(self) -> datetime:
         """The database clock (naive UTC)."""
-        rows = await self._execute("db_now", {})
-        return rows[0][0]  # type: ignore[no-any-return]
+        return await self._run(node_ops.db_now())
 
-    # -- queue control --------------------------------------------------------------------
     async def set_queue_state(
         self, queue: str, node: str, changes: dict[str, Any], signal: QueueSignal
     ) -> None:
         """Persist a queue command (`changes`: paused / limit / running) and announce it
         (`signal`: see `QueueSignal`), in one transaction."""
-        channel = self._inline(self.sql.signal_channel)
-        control = None if channel is None else self.sql.control_channel
-        rows = await self._execute(
-            "set_queue_state", queue_state_params(queue, node, changes, signal, channel, control)
+        signals, control = (
+            self._route(self.sql.signal_channel),
+            self._route(self.sql.control_channel),
         )
-        # (Only for an in-process notifier: otherwise the statement sent them itself.)
-        await self._hand_over(self.sql.control_channel, [p for n, p, _ in rows if n == 1])
-        await self._hand_over(self.sql.signal_channel, [p for n, p, _ in rows if n == 2])
+        await self._run(node_ops.set_queue_state(queue, node, changes, signal, signals, control))
 
     async def instance_names(self) -> list[str]:
         """The instance names in `oban_peers`."""
-        return [row[0] for row in await self._execute("instance_names", {})]
+        return await self._run(node_ops.instance_names())
 
     async def queue_states(self, node: str) -> list[tuple[str, str, Any, Any, Any]]:
         """Persisted queue commands for every node ('') and for `node`."""
-        rows = await self._execute("queue_states", {"node": node})
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return await self._run(node_ops.queue_states(node))
 
     async def producer_states(self, ttl: float) -> list[tuple[Any, ...]]:
         """(node, queue, uuid, started_at, updated_at, state json) of live producers."""
-        return await self._execute("producer_states", {"ttl": ttl})
+        return await self._run(one("producer_states", {"ttl": ttl}))
 
     async def write_progress(
         self, job_id: int, attempt: int, progress: dict[str, Any], message: str
     ) -> bool:
         """Store a running job's progress in its meta and publish `message`, if this
         attempt still owns the job. Returns whether it did."""
-        rows = await self._execute("write_progress", {
-            "id": job_id, "attempt": attempt, "progress": _json.dumps(progress),
-            "channel": self._inline(self.sql.events_channel), "payload": message,
-        })  # fmt: skip
-        if rows:
-            await self._hand_over(self.sql.events_channel, [message])
-        return bool(rows)
+        route = self._route(self.sql.events_channel)
+        return await self._run(node_ops.write_progress(job_id, attempt, progress, message, route))
 
     async def listen_connection(self) -> psycopg.AsyncConnection[Any]:
         """A dedicated connection for LISTEN (never pooled: it holds session state)."""
         return await asyncio.wait_for(
             psycopg.AsyncConnection.connect(self.dsn, autocommit=True), timeout=10
         )
+
+    # -- operators (inspect.py) ----------------------------------------------------------
+    async def list_jobs(self, where: JobFilter, limit: int, before_id: int | None) -> list[Job]:
+        """Up to `limit` jobs matching `where`, newest first, below `before_id` if given."""
+        return await self._run(inspect_ops.list_jobs(where, limit, before_id))
+
+    async def count_jobs(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) of every queue's unfinished jobs."""
+        return await self._run(inspect_ops.count_jobs())
+
+    async def last_job_id(self) -> int:
+        """The highest job id now (0 for an empty table)."""
+        return await self._run(inspect_ops.last_job_id())
+
+    async def select_job_ids(
+        self, where: JobFilter, after_id: int, upto_id: int, limit: int
+    ) -> list[int]:
+        """One chunk of a bulk action's ids (see `inspect.select_job_ids`)."""
+        return await self._run(inspect_ops.select_job_ids(where, after_id, upto_id, limit))
+
+    async def count_matching(self, where: JobFilter, upto_id: int) -> int:
+        """How many jobs up to `upto_id` match `where`."""
+        return await self._run(inspect_ops.count_matching(where, upto_id))
+
+    # -- testing helpers (testing.py) ----------------------------------------------------
+    async def enqueued_jobs(self, **filters: Any) -> list[Job]:
+        """Available or scheduled jobs matching `filters` (see `testing.enqueued_jobs`)."""
+        return await self._run(testing_ops.enqueued_jobs(**filters))
+
+    async def claim_jobs(
+        self, ids: Sequence[int], node: str, producer: str, conn: Any = None
+    ) -> list[RunningJob]:
+        """Start these jobs now (inline mode), on `conn` when given."""
+        return await self._run(testing_ops.claim_jobs(ids, node, producer), conn)
+
+    async def insert_claimed(
+        self, jobs: Sequence[Job], node: str, producer: str, conn: Any = None
+    ) -> tuple[list[Job], list[RunningJob]]:
+        """Insert jobs and claim the new ones in one transaction (inline mode)."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run(testing_ops.insert_claimed(jobs, node, producer, route), conn)
+
+    async def available_ids(self, queue: str) -> list[int]:
+        """The queue's available jobs, in fetch order."""
+        return await self._run(testing_ops.available_ids(queue))
+
+    async def stage_queue_now(self, queue: str) -> None:
+        """Make the queue's scheduled and retryable jobs available now."""
+        await self._run(testing_ops.stage_queue_now(queue))

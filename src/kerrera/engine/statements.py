@@ -15,22 +15,12 @@ from typing import Any
 
 from psycopg.pq import TransactionStatus
 
-from kerrera import _json
-from kerrera._errors import ConfigError
-from kerrera._job import Job, JobState
-from kerrera.engine.base import QueueSignal
+from kerrera.core import codec
+from kerrera.core.job import Job, JobState
+from kerrera.core.options import check_prefix
+from kerrera.engine.base import AckBatch, QueueSignal
 
 _STATES: dict[str, JobState] = {s.value: s for s in JobState}
-_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def check_prefix(prefix: object) -> str:
-    """A schema name is inlined into SQL, so only plain identifiers are accepted."""
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
-        raise ConfigError(
-            f"option 'prefix' must be a plain schema name (letters, digits, _), got {prefix!r}"
-        )
-    return prefix
 
 
 @cache
@@ -137,7 +127,7 @@ def insert_params(jobs: list[Job], channel: str | None) -> dict[str, Any]:
         }
         for j in jobs
     ]  # fmt: skip
-    return {"jobs": _json.dumps(rows), "channel": channel}
+    return {"jobs": codec.dumps(rows), "channel": channel}
 
 
 def queue_messages(queues: Iterable[str]) -> list[dict[str, Any]]:
@@ -179,7 +169,7 @@ def unique_params(jobs: list[Job], keys: list[str], channel: str | None) -> dict
             "replace": None if spec.replace is None else
             {state: list(fields) for state, fields in spec.replace.items()},
         })  # fmt: skip
-    return {"jobs": _json.dumps(rows), "channel": channel}
+    return {"jobs": codec.dumps(rows), "channel": channel}
 
 
 def queue_state_params(
@@ -243,7 +233,7 @@ def split_due(jobs: Sequence[Job]) -> tuple[list[int], list[int], list[int]]:
 
 def copy_rows(ids: list[int], jobs: list[Job]) -> list[tuple[Any, ...]]:
     """The COPY rows of jobs due now, in `copy_jobs` column order (psycopg escapes them)."""
-    dumps = _json.dumps
+    dumps = codec.dumps
     # Empty meta and tags (the usual case) go as ready-made literals: serialising them
     # per row is a visible share of a bulk insert's time.
     return [
@@ -297,7 +287,7 @@ def job_row(cursor: Any) -> Any:
 
 
 def _load_job(v: Any) -> Job:
-    args, errors, attempted_by, tags, meta = _json.loads(v[13])
+    args, errors, attempted_by, tags, meta = codec.loads(v[13])
     return Job(
         v[0],
         _STATES[v[1]],
@@ -329,14 +319,14 @@ def _load_flagged(v: Any) -> tuple[Job, bool]:
     return _load_job(v), bool(v[14])
 
 
-def ack_params(acks: Any, queue: str = "", demand: int = 0, node: str = "",
+def ack_params(acks: AckBatch, queue: str = "", demand: int = 0, node: str = "",
                producer: str = "") -> dict[str, Any]:  # fmt: skip
-    """Parameters of `fetch_jobs` for an `AckBatch`: its outcomes, and (with `demand`)
-    the fetch that travels with them. Demand 0 only acks."""
+    """Parameters of `ack_and_fetch` for an `AckBatch`: its outcomes, and (with
+    `demand`) the fetch that travels with them. Demand 0 only acks."""
     return {
         "done_ids": array_literal(acks.done_ids),
         "done_attempts": array_literal(acks.done_attempts),
-        "acks": _json.dumps(acks.other) if acks.other else "[]",
+        "outcomes": codec.dumps(acks.outcomes) if acks.outcomes else "[]",
         "queue": queue, "demand": demand, "node": node, "producer": producer,
         "owner": acks.producer,
     }  # fmt: skip

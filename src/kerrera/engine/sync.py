@@ -1,10 +1,12 @@
 """The PostgreSQL engine for synchronous callers (Django, Flask, scripts): no event loop.
 
-It runs the same named statements as the async engine, on the caller's `psycopg.Connection`
-when given (so a job commits or rolls back with the caller's transaction), otherwise on a
-small pool of its own, opened on first use. Its notifications go out as the async
-engine's do: inside the statements, or (for an in-process notifier) handed to the app's
-notifier, which delivers them on its own loop.
+It drives the same operations as the async engine (jobs.py, inspect.py, testing.py,
+node.py; see steps.py), on the caller's `psycopg.Connection` when given (so a job commits
+or rolls back with the caller's transaction), otherwise on a small pool of its own,
+opened on first use. It exists because a caller's sync connection cannot be driven from
+an event loop. Its notifications go out as the async engine's do: inside the statements,
+or (for an in-process notifier) handed to the app's notifier, which delivers them on its
+own loop.
 """
 
 from __future__ import annotations
@@ -13,41 +15,31 @@ import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from kerrera import _json
-from kerrera._job import Job
-from kerrera.engine.base import QueueSignal
-from kerrera.engine.inspect import SyncInspectQueries
-from kerrera.engine.postgres import INSERT_BATCH, UNIQUE_RACE_ATTEMPTS
-from kerrera.engine.statements import (
-    Statements,
-    flagged_job_row,
-    in_transaction,
-    insert_messages,
-    insert_params,
-    job_row,
-    pkill_message,
-    queue_state_params,
-    saved_jobs,
-    split_due,
-)
-from kerrera.engine.testing import SyncTestingQueries
-from kerrera.engine.unique import insert_unique, unique_row
+from kerrera.core import codec
+from kerrera.core.job import Job, RunningJob
+from kerrera.engine import inspect as inspect_ops
+from kerrera.engine import jobs as job_ops
+from kerrera.engine import node as node_ops
+from kerrera.engine import testing as testing_ops
+from kerrera.engine.base import AckBatch, EngineNotifier, Message, QueueSignal
+from kerrera.engine.inspect import JobFilter
+from kerrera.engine.statements import Statements, in_transaction
+from kerrera.engine.steps import Atomic, CopyIn, HandOver, Query, Route, Step, Steps, repeatable
 
-if TYPE_CHECKING:
-    from kerrera.notifier.base import Message, Notifier
+T = TypeVar("T")
 
 #: Finds the app's in-process notifier when there is something to deliver (None while
 #: the app has none open: then nobody in this process listens).
-NotifierRef = Callable[[], "Notifier | None"]
+NotifierRef = Callable[[], "EngineNotifier | None"]
 
 
-class SyncPostgresEngine(SyncTestingQueries, SyncInspectQueries):
+class SyncPostgresEngine:
     """Insert and manage jobs from synchronous code."""
 
     def __init__(
@@ -72,7 +64,7 @@ class SyncPostgresEngine(SyncTestingQueries, SyncInspectQueries):
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self.dsn, min_size=1, max_size=self._pool_size, open=True,
-                    kwargs={"autocommit": True}, configure=_json.configure,
+                    kwargs={"autocommit": True}, configure=codec.configure,
                     name=f"kerrera-sync-{self.sql.prefix}",
                 )  # fmt: skip
             pool = self._pool
@@ -85,110 +77,127 @@ class SyncPostgresEngine(SyncTestingQueries, SyncInspectQueries):
         if pool is not None:
             pool.close()
 
-    def _rows(
-        self, name: str, params: dict[str, Any], conn: Any = None, row_factory: Any = job_row
-    ) -> list[Any]:
-        with self._connection(conn) as c, c.cursor(row_factory=row_factory) as cur:
-            cur.execute(self.sql[name], params)
-            return cur.fetchall()
+    # -- driving steps (as `PostgresEngine` does, without awaiting) -----------------------
+    def _run(self, steps: Steps[T], conn: Any = None) -> T:
+        """Drive `steps` on `conn`, or on a pooled connection."""
+        with self._connection(conn) as c:
+            return self._drive(c, steps)
 
-    def _inline(self, channel: str) -> str | None:
-        """The channel for a statement's own `pg_notify`, or None when an in-process
-        notifier delivers (see `PostgresEngine._inline`)."""
-        return channel if self._notifier is None else None
+    def _drive(self, conn: Any, steps: Steps[T]) -> T:
+        reply: Any = None
+        failed: Exception | None = None
+        while True:
+            try:
+                step = steps.send(reply) if failed is None else steps.throw(failed)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            failed = None
+            try:
+                reply = self._step(conn, step)
+            except Exception as exc:  # the operation decides (see steps.py)
+                failed = exc
 
-    def _hand_over(self, channel: str, messages: Sequence[Message], conn: Any = None) -> None:
+    def _step(self, conn: Any, step: Step) -> Any:
+        match step:
+            case Query(name, params, row):
+                with conn.cursor(row_factory=row) as cur:
+                    cur.execute(self.sql[name], params)
+                    return cur.fetchall() if cur.description else []
+            case CopyIn(name, rows):
+                with conn.cursor() as cur, cur.copy(self.sql[name]) as copy:
+                    for values in rows:
+                        copy.write_row(values)
+            case Atomic(nested):
+                if not conn.autocommit:  # the caller's transaction decides
+                    return self._drive(conn, nested)
+                with conn.transaction():
+                    return self._drive(conn, nested)
+            case HandOver(channel, messages):
+                self._hand_over(channel, messages, conn)
+        return None
+
+    # -- notifications -------------------------------------------------------------------
+    def _route(self, channel: str) -> Route:
+        """How a statement's notifications go out (see `PostgresEngine._route`)."""
+        return Route(channel, self._notifier is None)
+
+    def _hand_over(self, channel: str, messages: Sequence[Message], conn: Any) -> None:
         """Give the in-process notifier what a statement did not send itself; from this
-        thread, delivered on the notifier's loop, after the caller's transaction."""
+        thread, delivered on the notifier's loop, after the transaction in progress."""
         notifier = self._notifier() if self._notifier is not None and messages else None
         if notifier is None:
             return
-        hold = None
-        if conn is not None and in_transaction(conn):
-            hold = functools.partial(in_transaction, conn)
+        hold = functools.partial(in_transaction, conn) if in_transaction(conn) else None
         notifier.notify_threadsafe(channel, *messages, hold=hold)
 
+    # -- jobs ----------------------------------------------------------------------------
     def insert_jobs(self, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
-        """Insert jobs, one statement per batch (unique jobs in their own)."""
-        now, later, unique = split_due(jobs)
-        plain = sorted(now + later)
-        saved: dict[int, Job] = {}
-        channel = self._inline(self.sql.insert_channel)
-        with self._connection(conn) as c:
-            for start in range(0, len(plain), INSERT_BATCH):
-                chunk = plain[start : start + INSERT_BATCH]
-                params = insert_params([jobs[i] for i in chunk], channel)
-                with c.cursor(row_factory=tuple_row) as cur:  # any caller row factory
-                    rows = cur.execute(self.sql["insert_jobs"], params).fetchall()
-                saved.update(zip(chunk, saved_jobs([jobs[i] for i in chunk], rows), strict=True))
-            if unique:
-                made = self._insert_unique(c, [jobs[i] for i in unique])
-                saved.update(zip(unique, made, strict=True))
-        out = [saved[i] for i in range(len(jobs))]
-        if channel is None:
-            self._hand_over(self.sql.insert_channel, insert_messages(out), conn)
-        return out
+        """Insert jobs (see `jobs.insert_jobs`), on `conn` when given."""
+        return self._run(job_ops.insert_jobs(jobs, self._route(self.sql.insert_channel)), conn)
 
-    def _insert_unique(self, conn: Any, jobs: list[Job]) -> list[Job]:
-        steps = insert_unique(jobs, self._inline(self.sql.insert_channel))
-        rows: Any = None
-        try:
-            while True:
-                name, params = steps.send(rows)
-                with conn.cursor(row_factory=unique_row) as cur:
-                    rows = cur.execute(self.sql[name], params).fetchall()
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    def ack_jobs(self, acks: AckBatch, conn: Any = None) -> None:
+        """Write `acks` without fetching, on `conn` when given."""
+        self._run(job_ops.ack_jobs(acks, self._route(self.sql.insert_channel)), conn)
 
     def complete_job(self, job_id: int, attempt: int, conn: Any, owner: str | None = None) -> bool:
         """Complete a running attempt on the caller's connection; False if it lost it."""
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                self.sql["complete_job"], {"id": job_id, "attempt": attempt, "owner": owner}
-            )
-            return cur.fetchone() is not None
+        return self._run(job_ops.complete_job(job_id, attempt, owner), conn)
 
     def get_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Read jobs by id."""
-        return self._rows("get_jobs", {"ids": list(ids)}, conn)
+        return self._run(job_ops.get_jobs(ids), conn)
 
     def retry_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Make jobs that are not running available again."""
-        retried = self._retry(ids, conn)
-        self._hand_over(self.sql.insert_channel, insert_messages(retried), conn)
-        return retried
-
-    def _retry(self, ids: Sequence[int], conn: Any) -> list[Job]:
-        params = {"ids": list(ids), "channel": self._inline(self.sql.insert_channel)}
-        for _ in range(UNIQUE_RACE_ATTEMPTS - 1):
-            try:
-                return self._rows("retry_jobs", params, conn)
-            except psycopg.errors.UniqueViolation:
-                if conn is not None and not conn.autocommit:
-                    raise  # the caller's transaction is aborted: only it can decide
-        return self._rows("retry_jobs", params, conn)
+        route = self._route(self.sql.insert_channel)
+        return self._run(job_ops.retry_jobs(ids, route, repeatable=repeatable(conn)), conn)
 
     def cancel_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Cancel unfinished jobs (running ones are signalled to stop)."""
-        params = {"ids": list(ids), "signal": self._inline(self.sql.signal_channel)}
-        rows = self._rows("cancel_jobs", params, conn, row_factory=flagged_job_row)
-        kills = [pkill_message(job.id) for job, live in rows if live]
-        self._hand_over(self.sql.signal_channel, kills, conn)
-        return [job for job, _ in rows]
+        return self._run(job_ops.cancel_jobs(ids, self._route(self.sql.signal_channel)), conn)
 
     def delete_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Delete jobs that are not running."""
-        return self._rows("delete_jobs", {"ids": list(ids)}, conn)
+        return self._run(job_ops.delete_jobs(ids), conn)
 
     def set_queue_state(
         self, queue: str, node: str, changes: dict[str, Any], signal: QueueSignal
     ) -> None:
         """Persist a queue command and announce it (see `QueueSignal`), in one transaction."""
-        channel = self._inline(self.sql.signal_channel)
-        control = None if channel is None else self.sql.control_channel
-        params = queue_state_params(queue, node, changes, signal, channel, control)
-        with self._connection(None) as c, c.cursor(row_factory=tuple_row) as cur:
-            rows = cur.execute(self.sql["set_queue_state"], params).fetchall()
-        # (Only for an in-process notifier: otherwise the statement sent them itself.)
-        self._hand_over(self.sql.control_channel, [p for n, p, _ in rows if n == 1])
-        self._hand_over(self.sql.signal_channel, [p for n, p, _ in rows if n == 2])
+        signals, control = (
+            self._route(self.sql.signal_channel),
+            self._route(self.sql.control_channel),
+        )
+        self._run(node_ops.set_queue_state(queue, node, changes, signal, signals, control))
+
+    def db_now(self) -> datetime:
+        """The database clock (naive UTC)."""
+        return self._run(node_ops.db_now())
+
+    # -- operators (inspect.py) ----------------------------------------------------------
+    def list_jobs(self, where: JobFilter, limit: int, before_id: int | None) -> list[Job]:
+        """Up to `limit` jobs matching `where`, newest first, below `before_id` if given."""
+        return self._run(inspect_ops.list_jobs(where, limit, before_id))
+
+    def count_jobs(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) of every queue's unfinished jobs."""
+        return self._run(inspect_ops.count_jobs())
+
+    # -- testing helpers (testing.py) ----------------------------------------------------
+    def enqueued_jobs(self, **filters: Any) -> list[Job]:
+        """Available or scheduled jobs matching `filters` (see `testing.enqueued_jobs`)."""
+        return self._run(testing_ops.enqueued_jobs(**filters))
+
+    def claim_jobs(
+        self, ids: Sequence[int], node: str, producer: str, conn: Any = None
+    ) -> list[RunningJob]:
+        """Start these jobs now (inline mode), on `conn` when given."""
+        return self._run(testing_ops.claim_jobs(ids, node, producer), conn)
+
+    def insert_claimed(
+        self, jobs: Sequence[Job], node: str, producer: str, conn: Any = None
+    ) -> tuple[list[Job], list[RunningJob]]:
+        """Insert jobs and claim the new ones in one transaction (inline mode)."""
+        route = self._route(self.sql.insert_channel)
+        return self._run(testing_ops.insert_claimed(jobs, node, producer, route), conn)

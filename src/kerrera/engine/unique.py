@@ -1,9 +1,8 @@
 """Inserting unique jobs: the statements to run, as a generator that both engines drive.
 
 The async and the sync engine differ only in how they execute a statement, so the steps
-live here once: `steps.send(rows)` returns the next (statement name, parameters) until
-the generator returns the saved jobs. Every statement returns rows of `unique_row`: the
-job, whether it was inserted, and the key of the new job it answers.
+live here once (see steps.py). Every statement returns rows of `unique_row`: the job,
+whether it was inserted, and the key of the new job it answers.
 
 The steps: `find_duplicates` looks for rows that carry no Kerrera key (an Elixir Oban
 job, or a plain insert) that Oban would call duplicates (see `Unique.lookup`), and
@@ -20,24 +19,23 @@ which Elixir's inserts do not go through).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from kerrera import _json
-from kerrera._job import Job
-from kerrera._unique import UNKEYED
+from kerrera.core import codec
+from kerrera.core.job import Job
+from kerrera.core.unique import UNKEYED
 from kerrera.engine.statements import job_row, unique_params
+from kerrera.engine.steps import Query, Steps
 
-Step = tuple[str, dict[str, Any]]
 Row = tuple[Job, bool, str]
-Steps = Generator[Step, list[Row], dict[str, Job]]
 #: A holder can vanish between the insert and the read (retired, pruned, finished into a
 #: state that does not count): then the insert is simply tried again.
 ATTEMPTS = 3
 
 
-def insert_unique(jobs: list[Job], channel: str | None) -> Generator[Step, list[Row], list[Job]]:
+def insert_unique(jobs: list[Job], channel: str | None) -> Steps[list[Job]]:
     """Insert unique `jobs`; each comes back saved, or as the job already holding its key
     (or an Elixir duplicate) with `conflict=True`. Duplicates inside the batch resolve to
     the first of them."""
@@ -55,12 +53,12 @@ def insert_unique(jobs: list[Job], channel: str | None) -> Generator[Step, list[
         batch = [k for k in pending if k not in found]
         if batch:
             params = unique_params([jobs[first[k]] for k in batch], batch, channel)
-            for job, inserted, key in (yield "insert_unique", params):
+            for job, inserted, key in (yield Query("insert_unique", params, unique_row)):
                 job.conflict = not inserted
                 found[key] = job
         missing = [k for k in batch if k not in found]
         if missing:
-            for job, _, key in (yield "get_unique", {"keys": missing}):
+            for job, _, key in (yield Query("get_unique", {"keys": missing}, unique_row)):
                 job.conflict = True
                 found[key] = job
         pending = [k for k in pending if k not in found]
@@ -76,7 +74,7 @@ def insert_unique(jobs: list[Job], channel: str | None) -> Generator[Step, list[
     ]
 
 
-def _duplicates(jobs: dict[str, Job], channel: str | None) -> Steps:
+def _duplicates(jobs: dict[str, Job], channel: str | None) -> Steps[dict[str, Job]]:
     """The rows without a Kerrera key that duplicate `jobs` (by key), `replace` applied:
     one lookup per index it starts from (a batch usually has one)."""
     leads: dict[str, list[dict[str, Any]]] = {}
@@ -85,15 +83,15 @@ def _duplicates(jobs: dict[str, Job], channel: str | None) -> Steps:
         leads.setdefault(look.pop("lead"), []).append(look)
     dupes: dict[str, Job] = {}
     for lead, lookups in leads.items():
-        params = {"lookups": _json.dumps(lookups), "n": len(lookups), "lead": lead,
+        params = {"lookups": codec.dumps(lookups), "n": len(lookups), "lead": lead,
                   "unkeyed": sorted(UNKEYED)}  # fmt: skip
-        for job, _, key in (yield "find_duplicates", params):
+        for job, _, key in (yield Query("find_duplicates", params, unique_row)):
             job.conflict = True
             dupes[key] = job
     todo = {k: row for k, row in dupes.items() if _replaces(jobs[k], row)}
     if todo:
         params = {"jobs": _replacements(todo, jobs), "channel": channel}
-        for job, _, key in (yield "replace_duplicates", params):
+        for job, _, key in (yield Query("replace_duplicates", params, unique_row)):
             job.conflict = True
             dupes[key] = job
     return dupes
@@ -128,7 +126,7 @@ def _replacements(rows: dict[str, Job], jobs: dict[str, Job]) -> str:
             "max_attempts": job.max_attempts, "at": _iso(job), "delay": job.schedule_in,
             "replace": {state: list(fields) for state, fields in job.unique.replace.items()},
         })  # fmt: skip
-    return _json.dumps(out)
+    return codec.dumps(out)
 
 
 def _iso(job: Job) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from kerrera._backoff import reconnect_backoff
+from kerrera.core.backoff import reconnect_backoff
 from kerrera.engine.postgres import PostgresEngine
 from kerrera.notifier import payload
 from kerrera.notifier.base import ListenerRegistry, Message

@@ -2,7 +2,7 @@
 
 `perform` returns None for a plain completion (the hot path: no allocation beyond the
 job itself) or a small dict describing any other outcome, in the shape the engine's
-`fetch_jobs`/`ack_jobs` statements read. Cancellation (shutdown or pkill) propagates as
+`ack_and_fetch` statement reads. Cancellation (shutdown or pkill) propagates as
 `asyncio.CancelledError` for the producer to handle.
 """
 
@@ -16,15 +16,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kerrera import _json
-from kerrera._backoff import default_backoff
-from kerrera._errors import JobTimeoutError, UnknownWorkerError
-from kerrera._job import Job
-from kerrera._outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
-from kerrera._worker import Worker, load_worker
+from kerrera.core import codec
+from kerrera.core.backoff import default_backoff
+from kerrera.core.errors import JobTimeoutError, UnknownWorkerError
+from kerrera.core.job import Job
+from kerrera.core.outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
+from kerrera.core.worker import Worker, load_worker
 from kerrera.queue.observed import flush_progress, observed
 from kerrera.queue.threads import DaemonThreadPool
-from kerrera.telemetry import _bus
+from kerrera.telemetry import bus
 
 log = logging.getLogger("kerrera.executor")
 
@@ -59,7 +59,7 @@ class Executor:
     ) -> tuple[dict[str, Any] | None, BaseException | None]:
         """`perform` that also returns the exception that failed the job (the testing
         helpers may re-raise it). Job events are emitted while a handler listens."""
-        if self.node is not None and _bus.jobs_watched:
+        if self.node is not None and bus.jobs_watched:
             return await observed(self, job, linger)
         result = await self.run(job, linger)
         if job.progress_state is not None:
@@ -136,7 +136,7 @@ def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:
         return cancelled(job, result.reason)
     if isinstance(result, Record):
         try:
-            text = _json.dumps(result.value)
+            text = codec.dumps(result.value)
         except TypeError as exc:
             error = TypeError(f"Record value is not JSON-serialisable: {exc}")
             return failure(job, worker, error, with_traceback=False)

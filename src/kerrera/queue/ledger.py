@@ -274,5 +274,5 @@ def batch_of(entries: list[Held], producer: str) -> AckBatch:
             batch.released_ids.append(entry.job_id)
             batch.released_attempts.append(entry.attempt)
         else:
-            batch.other.append(outcome)  # type: ignore[arg-type]
+            batch.outcomes.append(outcome)  # type: ignore[arg-type]
     return batch

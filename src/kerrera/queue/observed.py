@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kerrera import telemetry
-from kerrera._errors import JobTimeoutError, UnknownWorkerError
-from kerrera._job import Job
+from kerrera.core.errors import JobTimeoutError, UnknownWorkerError
+from kerrera.core.job import Job
 
 if TYPE_CHECKING:
     from kerrera.queue.executor import Executor

@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kerrera import telemetry
-from kerrera._backoff import reconnect_backoff
-from kerrera._events import job_entry
-from kerrera._job import Job
+from kerrera.core.backoff import reconnect_backoff
+from kerrera.core.job import Job, RunningJob
 from kerrera.engine.base import AckBatch, Engine
 from kerrera.engine.errors import is_transient
 from kerrera.queue.executor import Executor, cancelled, unwritable
@@ -36,6 +35,11 @@ log = logging.getLogger("kerrera.producer")
 REFUSED_RETRY_CAP = 60.0
 
 
+#: A job's end as the producer notes it for subscribers: (id, state, worker, attempt,
+#: error text); the events layer turns it into its wire form.
+JobNote = tuple[int, str, str, int, str]
+
+
 class JobEvents(Protocol):
     """Where a producer publishes job events for subscribers."""
 
@@ -44,7 +48,7 @@ class JobEvents(Protocol):
         """Whether anyone subscribes now (otherwise nothing is published)."""
 
     async def publish(
-        self, queue: str, node: str, done: list[dict[str, Any]], started: list[Job]
+        self, queue: str, node: str, done: list[JobNote], started: list[RunningJob]
     ) -> None:
         """Publish outcomes just written (`done`) and jobs just started; never raises."""
 
@@ -73,12 +77,12 @@ class Producer:
         self.started_at: datetime | None = None
         self.poll_interval = poll_interval
         #: Jobs whose body runs now, by id: (job, its task), for pkill and reports.
-        self.running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self.running: dict[int, tuple[RunningJob, asyncio.Task[None]]] = {}
         #: Every job held, from fetch to written ack (see ledger.py).
         self.ledger = Ledger()
         self._engine = engine
         self._executor = executor
-        self._notes: list[dict[str, Any]] = []  # job events to publish after the next ack
+        self._notes: list[JobNote] = []  # job events to publish after the next ack
         self._wake = asyncio.Event()
         self._jobs_waiting = True  # jobs may be waiting: fetch when there is room
         self._stopping = False
@@ -309,8 +313,8 @@ class Producer:
             if demand == 0 and not self.ledger.has_ready and not due:
                 continue
             acks, taken = self.ledger.take(self.uuid)
-            acks.notes, self._notes = self._notes, []
-            self._cycle_task = asyncio.create_task(self._cycle(demand, acks, taken, due))
+            notes, self._notes = self._notes, []
+            self._cycle_task = asyncio.create_task(self._cycle(demand, acks, taken, due, notes))
 
     def _sleep(self) -> float:
         """How long the loop may sleep: the poll interval, or less if a refused ack is
@@ -348,10 +352,14 @@ class Producer:
         if acked:
             telemetry.execute("producer.ack", {"count": acked, "duration": took}, where)
 
-    async def _cycle(self, demand: int, acks: AckBatch, taken: list[Held], due: list[Held]) -> None:
-        """One round trip: write `acks`, claim up to `demand` jobs, start them. Refused
-        acks that are `due` are tried again first, each alone."""
-        jobs: list[Job] = []
+    async def _cycle(
+        self, demand: int, acks: AckBatch, taken: list[Held], due: list[Held],
+        notes: list[JobNote],
+    ) -> None:  # fmt: skip
+        """One round trip: write `acks` (the outcomes of `taken`), claim up to `demand`
+        jobs, start them, and publish `notes` for subscribers once the acks are written.
+        Refused acks that are `due` are tried again first, each alone."""
+        jobs: list[RunningJob] = []
         wakes = self._wakes
         try:
             for entry in due:
@@ -374,13 +382,13 @@ class Producer:
             if began:
                 self._observe_cycle(began, demand, len(jobs), len(taken))
             self._watching = self._events is not None and self._events.watched
-            if acks.notes or (jobs and self._watching):
+            if notes or (jobs and self._watching):
                 # Before the jobs start, so a subscriber hears `started` before progress.
-                await self._events.publish(self.queue, self.node, acks.notes, jobs)  # type: ignore[union-attr]
+                await self._events.publish(self.queue, self.node, notes, jobs)  # type: ignore[union-attr]
             if demand and self._wakes == wakes:  # no wake-up arrived meanwhile
                 self._jobs_waiting = len(jobs) >= demand
         except Exception as exc:  # the database is away, or refuses an ack
-            self._notes[:0] = acks.notes
+            self._notes[:0] = notes
             if taken and not is_transient(exc):
                 # Not a lost connection: perhaps one ack the database refuses. Write them
                 # one by one, so that it cannot hold back the others.
@@ -400,15 +408,15 @@ class Producer:
                 self._dispatch(job)
             self._wake.set()
 
-    def _dispatch(self, job: Job) -> None:
-        entry = self.ledger.start(job.id, job.attempt)  # type: ignore[arg-type]
+    def _dispatch(self, job: RunningJob) -> None:
+        entry = self.ledger.start(job.id, job.attempt)
         if self._releasing:  # shutdown gave up waiting: put it straight back
             # (no task: one cancelled before its first step would never run its
             # clean-up, and the job would stay executing)
             self._end(job, entry, RELEASE)
             return
         job_task = asyncio.create_task(self._execute(job, entry))
-        self.running[job.id] = (job, job_task)  # type: ignore[index]
+        self.running[job.id] = (job, job_task)
 
     # -- acks the database refuses --------------------------------------------------------
     async def _ack_separately(self, taken: list[Held]) -> None:
@@ -467,7 +475,7 @@ class Producer:
         )
 
     # -- one job --------------------------------------------------------------------------
-    async def _execute(self, job: Job, entry: Held) -> None:
+    async def _execute(self, job: RunningJob, entry: Held) -> None:
         outcome: Outcome = RELEASE
         try:
             outcome = await self._executor.perform(job, self._linger_for(entry))
@@ -477,11 +485,11 @@ class Producer:
                 # the job still ends cancelled rather than stuck executing.
                 outcome = cancelled(job, "cancelled while running")
         finally:
-            current = self.running.get(job.id)  # type: ignore[arg-type]
+            current = self.running.get(job.id)
             if current is not None and current[1] is asyncio.current_task():
                 # (a job fetched again while a stale run of it was still here has a new
                 # entry, which this old run must leave alone)
-                del self.running[job.id]  # type: ignore[arg-type]
+                del self.running[job.id]
             self._end(job, entry, outcome)
             self._freed()
 
@@ -499,7 +507,7 @@ class Producer:
 
         return linger
 
-    def _end(self, job: Job, entry: Held, outcome: Outcome) -> None:
+    def _end(self, job: RunningJob, entry: Held, outcome: Outcome) -> None:
         if outcome is None:
             self._completed += 1
             if self._watching:
@@ -525,6 +533,6 @@ class Producer:
     def _count(self, outcome: str) -> None:
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
 
-    def _note(self, job: Job, state: str, error: str = "") -> None:
+    def _note(self, job: RunningJob, state: str, error: str = "") -> None:
         if self._watching:
-            self._notes.append(job_entry(job.id, state, job.worker, job.attempt, error))  # type: ignore[arg-type]
+            self._notes.append((job.id, state, job.worker, job.attempt, error))

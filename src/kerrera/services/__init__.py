@@ -1,4 +1,10 @@
-"""Background services that keep the jobs table moving."""
+"""Services: background loops that keep the jobs table moving.
+
+Leader-only: the stager (due scheduled/retryable jobs become available), the pruner,
+cron and the reindexer; on every node: the lifeline (heartbeats, orphan rescue) and
+leadership itself. Each loop logs, backs off and goes on after a database error
+(`every.py`).
+"""
 
 from kerrera.services.cron import Cron
 from kerrera.services.leader import Leadership

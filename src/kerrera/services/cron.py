@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from kerrera import telemetry
-from kerrera._cron_entries import CronEntry
-from kerrera._crontab import ticks
-from kerrera._job import Job
+from kerrera.core.cron_entries import CronEntry
+from kerrera.core.crontab import ticks
+from kerrera.core.job import Job
 from kerrera.engine.base import Engine
-from kerrera.services._every import Background
+from kerrera.services.every import Background
 from kerrera.services.leader import Leadership
 
 log = logging.getLogger("kerrera.cron")

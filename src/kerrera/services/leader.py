@@ -1,9 +1,9 @@
 """Leadership: one node of the cluster runs the services that must not run twice.
 
-The lease is a row in Oban's `oban_peers`, under Kerrera's own peer name, so that an
-Elixir Oban sharing the database keeps electing its own leader. A leader renews its
-lease every half lease; anyone may take a lease that expired. A leader that stops
-deletes its row and sends a `leader` notification, and the others try at once.
+The lease itself is the peer's (`kerrera.peer`: a row of Oban's `oban_peers`, or in
+memory); this decides when to ask for it. A leader renews its lease every half lease;
+anyone may take a lease that expired. A leader that stops resigns (the Postgres peer
+then sends a `leader` notification, and the others try at once).
 
 A leader that cannot reach the database keeps believing it leads only until its last
 lease would have expired, so two leaders never overlap by more than clock skew.
@@ -19,30 +19,30 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from kerrera import telemetry
-from kerrera.engine.base import Engine
-from kerrera.services._every import Background
+from kerrera.peer import Peer
+from kerrera.services.every import Background
 
 log = logging.getLogger("kerrera.leader")
 
-#: Kerrera's name in `oban_peers` (Elixir's default instance is "Oban").
-PEER_NAME = "Kerrera"
 #: Seconds between a follower's attempts to take an expired lease.
 FOLLOWER_CHECK = 2.0
 
 
 class Leadership(Background):
-    """Elects this node (unless `eligible` is False) and tells `on_change` when it wins or
-    loses; `is_leader` is what leader-only services check before each run."""
+    """Elects this node through `peer` (unless `eligible` is False) and tells `on_change`
+    when it wins or loses; `is_leader` is what leader-only services check before each run.
+
+    Example: `Leadership(PostgresPeer(engine), "web-1", lease=30.0)`, then `await start()`.
+    """
 
     task_name = "kerrera-leader"
 
     def __init__(
-        self, engine: Engine, node: str, *, lease: float = 30.0, eligible: bool = True,
-        name: str = PEER_NAME, on_change: Callable[[bool], None] | None = None,
+        self, peer: Peer, node: str, *, lease: float = 30.0, eligible: bool = True,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:  # fmt: skip
-        self._engine = engine
+        self.peer = peer
         self.node = node
-        self.name = name
         self.lease = lease
         self.eligible = eligible
         self._on_change = on_change
@@ -51,6 +51,11 @@ class Leadership(Background):
         self._leading = False
         self._valid_until = 0.0  # monotonic deadline of the last lease we know we hold
         self._wake = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        """The lease's name (a resignation notification names it)."""
+        return self.peer.name
 
     @property
     def is_leader(self) -> bool:
@@ -79,7 +84,7 @@ class Leadership(Background):
         # may have committed its lease anyway. The delete only matches our own row.
         self._set(False)
         try:
-            await self._engine.resign_leader(self.name, self.node, self.started_at)
+            await self.peer.resign(self.node, self.started_at)
         except Exception as exc:  # the lease then simply expires
             log.warning("could not resign leadership (%s)", exc)
 
@@ -88,7 +93,7 @@ class Leadership(Background):
         asked = time.monotonic()
         meta = {"node": self.node, "was_leader": self._leading, "leader": False}
         with telemetry.timed("leader.election", meta):
-            won = await self._engine.elect_leader(self.name, self.node, self.started_at, self.lease)
+            won = await self.peer.elect(self.node, self.started_at, self.lease)
             meta["leader"] = won
         if won:
             self._valid_until = asked + self.lease

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from kerrera import telemetry
 from kerrera.engine.base import Engine
-from kerrera.services._every import run_every
+from kerrera.services.every import run_every
 
 log = logging.getLogger("kerrera.lifeline")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from kerrera import telemetry
 from kerrera.engine.base import Engine
-from kerrera.services._every import Background, run_every
+from kerrera.services.every import Background, run_every
 from kerrera.services.leader import Leadership
 
 log = logging.getLogger("kerrera.pruner")

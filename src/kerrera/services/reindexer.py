@@ -13,9 +13,9 @@ import logging
 from datetime import UTC, datetime
 
 from kerrera import telemetry
-from kerrera._crontab import CronExpression, next_tick
+from kerrera.core.crontab import CronExpression, next_tick
 from kerrera.engine.base import Engine
-from kerrera.services._every import Background
+from kerrera.services.every import Background
 from kerrera.services.leader import Leadership
 
 log = logging.getLogger("kerrera.reindexer")

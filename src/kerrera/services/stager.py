@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from kerrera import telemetry
 from kerrera.engine.base import Engine
-from kerrera.services._every import Background, run_every
+from kerrera.services.every import Background, run_every
 
 log = logging.getLogger("kerrera.stager")
 

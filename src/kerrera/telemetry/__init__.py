@@ -15,7 +15,13 @@ Example:
     telemetry.attach("slow-jobs", ["job.stop"], slow_jobs)
 """
 
-from kerrera.telemetry._bus import (
+from kerrera.telemetry._logger import (
+    DEFAULT_EVENTS,
+    DEFAULT_LOGGER,
+    attach_default_logger,
+    format_event,
+)
+from kerrera.telemetry.bus import (
     EVENTS,
     Handler,
     active,
@@ -25,12 +31,6 @@ from kerrera.telemetry._bus import (
     execute,
     handlers,
     timed,
-)
-from kerrera.telemetry._logger import (
-    DEFAULT_EVENTS,
-    DEFAULT_LOGGER,
-    attach_default_logger,
-    format_event,
 )
 
 __all__ = [

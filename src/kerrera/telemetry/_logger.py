@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from kerrera import _json
-from kerrera._errors import ConfigError
-from kerrera.telemetry._bus import attach
+from kerrera.core import codec
+from kerrera.core.errors import ConfigError
+from kerrera.telemetry.bus import attach
 
 #: The handler id `attach_default_logger` uses (detach it with `detach(DEFAULT_LOGGER)`).
 DEFAULT_LOGGER = "kerrera.default_logger"
@@ -88,7 +88,7 @@ def format_event(event: str, measurements: dict[str, Any], metadata: dict[str, A
         if frames:
             last = frames[-1]
             line["where"] = f"{last.filename}:{last.lineno} in {last.name}"
-    return _json.dumps(line)
+    return codec.dumps(line)
 
 
 def _simple(value: Any) -> bool:

@@ -34,8 +34,9 @@ except ImportError as exc:  # an optional extra: say how to get it
         "kerrera.telemetry.otel needs opentelemetry-api: pip install 'kerrera[otel]'"
     ) from exc
 
-from kerrera import __version__, telemetry
-from kerrera._job import Job
+from kerrera import telemetry
+from kerrera.core.job import Job
+from kerrera.core.version import VERSION
 
 #: The `meta` key that carries the inserting trace context (a dict of propagation headers).
 META_KEY = "otel"
@@ -74,7 +75,7 @@ def instrument(
     """
     global _tracing
     uninstrument()
-    tracer = trace.get_tracer("kerrera", __version__, tracer_provider)
+    tracer = trace.get_tracer("kerrera", VERSION, tracer_provider)
     _tracing = _Tracing(tracer, parent=parent, insert_spans=insert_spans)
     telemetry.attach(HANDLER_ID, _EVENTS, _tracing.handle)
 

@@ -32,13 +32,13 @@ except ImportError as exc:  # an optional extra: say how to get it
     ) from exc
 
 from kerrera import telemetry
-from kerrera._errors import ConfigError
-from kerrera._inspect import UNFINISHED
+from kerrera.core.errors import ConfigError
+from kerrera.core.job import UNFINISHED
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
 log = logging.getLogger("kerrera.prometheus")
 

@@ -13,8 +13,8 @@ Example:
         assert (await app.drain_queue("mail"))["completed"] == 1
 """
 
+from kerrera.core.modes import MODES, current_mode, mode
 from kerrera.testing._asserts import all_enqueued, assert_enqueued, refute_enqueued
-from kerrera.testing._mode import MODES, current_mode, mode
 from kerrera.testing._perform import Outcome, perform_job
 from kerrera.testing._sync import SyncTesting
 

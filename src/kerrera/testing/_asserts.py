@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kerrera._context import _CURRENT, last_started
-from kerrera._errors import ConfigError
-from kerrera._job import Job
+from kerrera.core.context import CURRENT_APP, last_started
+from kerrera.core.errors import ConfigError
+from kerrera.core.job import Job
 
 if TYPE_CHECKING:
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
 #: Seconds a job's `scheduled_at` may differ from `now + scheduled_in` and still match.
 SCHEDULE_DELTA = 1.0
@@ -23,7 +23,7 @@ def target_app(app: Kerrera | None) -> Kerrera:
     if app is not None:
         return app
     try:
-        return _CURRENT.get()
+        return CURRENT_APP.get()
     except LookupError:
         found = last_started()
         if found is None:

@@ -7,18 +7,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kerrera import _json
-from kerrera._context import _CURRENT
-from kerrera._errors import ConfigError
-from kerrera._job import Job, JobState
-from kerrera._worker import Worker, resolve_worker
+from kerrera.core import codec
+from kerrera.core.context import CURRENT_APP
+from kerrera.core.errors import ConfigError
+from kerrera.core.job import Job, JobState
+from kerrera.core.worker import Worker, resolve_worker
 from kerrera.queue.executor import Executor
 from kerrera.queue.observed import outcome_state
+from kerrera.queue.recording import RecordingProgress
 from kerrera.queue.threads import DaemonThreadPool
-from kerrera.testing._recording import RecordingProgress
 
 if TYPE_CHECKING:
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
 
 _IDS = itertools.count(1)
 
@@ -89,20 +89,20 @@ async def perform_job(
     recorder = RecordingProgress(job)
     job.progress_state = recorder
     threads = DaemonThreadPool(1, name="kerrera-perform")
-    token = _CURRENT.set(app) if app is not None else None
+    token = CURRENT_APP.set(app) if app is not None else None
     try:
         ack, error = await Executor(threads).execute(job)
     finally:
         threads.shutdown()  # (its idle thread would otherwise wait forever)
         if token is not None:
-            _CURRENT.reset(token)
+            CURRENT_APP.reset(token)
     return _outcome(job, ack, error, recorder.reports)
 
 
 def _round_trip(job: Job) -> None:
     for name in ("args", "meta"):
         value = getattr(job, name)
-        again = _json.loads(_json.dumps(value))
+        again = codec.loads(codec.dumps(value))
         if again != value:
             raise ConfigError(
                 f"perform_job: {name} do not survive a JSON round trip: {value!r} comes "

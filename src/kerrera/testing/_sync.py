@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kerrera._job import Job
+from kerrera.core.job import Job
 from kerrera.testing._asserts import (
     SCHEDULE_DELTA,
     filters,
@@ -18,7 +18,7 @@ from kerrera.testing._asserts import (
 )
 
 if TYPE_CHECKING:
-    from kerrera._app import Kerrera
+    from kerrera.app.facade import Kerrera
     from kerrera.testing._perform import Outcome
 
 

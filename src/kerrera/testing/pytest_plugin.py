@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from kerrera._app import Kerrera
+from kerrera.app.facade import Kerrera
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,7 +50,7 @@ def kerrera_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     if given:
         yield given
         return
-    from kerrera._embedded import embedded_dsn
+    from kerrera.engine.embedded import embedded_dsn
 
     with tempfile.TemporaryDirectory(prefix="kerrera-pytest-") as tmp:
         yield embedded_dsn(Path(tmp))

@@ -189,7 +189,7 @@ SELECT replaced.* FROM replaced, notified ORDER BY replaced.id;
 -- Bulk insert by COPY, step 1 (inside one transaction): draw the ids, and read the
 -- transaction's timestamp, which is what the inserted_at/scheduled_at defaults will use.
 SELECT string_agg(id::text, ',' ORDER BY id), timezone('UTC', now())
-FROM (SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) AS id
+FROM (SELECT nextval(pg_get_serial_sequence('{prefix}.oban_jobs', 'id')) AS id
       FROM generate_series(1, %(n)s)) ids;
 
 -- name: copy_jobs
@@ -202,8 +202,9 @@ FROM STDIN;
 SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q)::text || '}'))
 FROM unnest(%(queues)s::text[]) AS q;
 
--- name: fetch_jobs
--- Acks of finished jobs and the next fetch, in one statement and one round trip.
+-- name: ack_and_fetch
+-- Acks of finished jobs and the next fetch, in one statement and one round trip: the
+-- producer's `fetch_jobs`, and `ack_jobs` (demand 0) when there is nothing to fetch.
 -- Every ack is guarded by state, attempt and owner (the producer that fetched the job, as
 -- in attempted_by[2]) so that a stale executor never overwrites a job that was rescued,
 -- cancelled or re-run meanwhile, even when that run's attempt number was rolled back
@@ -226,7 +227,7 @@ WITH completed AS (
       max_attempts = j.max_attempts + CASE WHEN a.snooze THEN 1 ELSE 0 END,
       errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END,
       meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE coalesce(j.meta, '{}') || a.meta END
-  FROM json_to_recordset(%(acks)s::json)
+  FROM json_to_recordset(%(outcomes)s::json)
     AS a(id bigint, attempt int, state text, delay float8, snooze bool, error jsonb, meta jsonb)
   WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
     AND j.attempted_by[2] = %(owner)s
@@ -503,7 +504,7 @@ SELECT format('%%I.%%I', n.nspname, c.relname),
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE i.indrelid = %(table)s::regclass
+WHERE i.indrelid = '{prefix}.oban_jobs'::regclass
 ORDER BY c.relname;
 
 -- name: set_queue_state

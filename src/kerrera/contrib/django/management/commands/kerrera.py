@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from kerrera import Kerrera, KerreraError, cli
+from kerrera.cli.start import parse_queues, run_until_signalled
 from kerrera.contrib.django._django import (
     BaseCommand,
     CommandError,
@@ -119,7 +120,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped
             logging.getLogger("kerrera").setLevel(logging.INFO)
         set_app(app)
         try:
-            asyncio.run(cli.run_until_signalled(app))
+            asyncio.run(run_until_signalled(app))
         finally:
             reset_app()
 
@@ -137,9 +138,9 @@ def _overrides(conf: KerreraSettings, options: dict[str, Any]) -> dict[str, Any]
     if options["action"] != "start":
         return given
     if options["queues"] is not None:
-        given["queues"] = cli.parse_queues(options["queues"])
+        given["queues"] = parse_queues(options["queues"])
     elif not conf.options.get("queues"):
-        given["queues"] = cli.parse_queues(DEFAULT_QUEUES)
+        given["queues"] = parse_queues(DEFAULT_QUEUES)
     if options["node"] is not None:
         given["node"] = options["node"]
     if options["shutdown_grace_period"] is not None:

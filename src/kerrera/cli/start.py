@@ -1,0 +1,241 @@
+"""`kerrera start`: run a worker node until SIGTERM/SIGINT.
+
+The node is a `Kerrera` instance built from the options; the first signal drains it
+(running jobs get the grace period), a second one ends at once. `parse_queues` and
+`run_until_signalled` are shared with Django's `manage.py kerrera start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from kerrera import telemetry
+from kerrera.app.facade import Kerrera
+from kerrera.core.errors import ConfigError
+
+log = logging.getLogger("kerrera.cli")
+
+
+def parse_queues(text: str) -> dict[str, int]:
+    """`default:10,media:2` -> {"default": 10, "media": 2} (a bare name gets limit 10)."""
+    queues: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, limit = part.partition(":")
+        try:
+            queues[name.strip()] = int(limit) if limit else 10
+        except ValueError:
+            raise ConfigError(
+                f"option '--queues': bad limit in {part!r} (use name:limit)"
+            ) from None
+    return queues
+
+
+def parse_cron(text: str) -> tuple[str, str]:
+    """`'*/5 * * * * pkg.worker'` or `'@daily pkg.worker'` -> (expression, worker name)."""
+    parts = text.split()
+    fields = 1 if parts and parts[0].startswith("@") else 5
+    if len(parts) != fields + 1:
+        raise ConfigError(f"--cron {text!r}: expected {fields} schedule field(s) and a worker name")
+    return " ".join(parts[:fields]), parts[fields]
+
+
+def add_parser(sub: Any, common: Any) -> None:
+    """Register `kerrera start [--queues name:limit,...] [--module pkg.workers] ...`."""
+    parser = sub.add_parser("start", help="run a worker node until SIGTERM/SIGINT")
+    common(parser)
+    # The groups keep the order in which `kerrera start --help` has always listed them.
+    _node_options(parser)
+    _rescue_options(parser)
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start on an out-of-date schema instead of migrating",
+    )
+    _leader_options(parser)
+    _observability_options(parser)
+    parser.add_argument(
+        "--reindex-schedule",
+        default="@daily",
+        help="cron expression (UTC) for rebuilding indexes; 'never' to skip",
+    )
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queues", default="default:10", help="name:limit,... (default:10)")
+    parser.add_argument(
+        "--module",
+        "-m",
+        action="append",
+        default=[],
+        help="module that defines workers (repeatable)",
+    )
+    parser.add_argument("--node", help="node name (hostname-pid)")
+    parser.add_argument(
+        "--shutdown-grace-period",
+        type=float,
+        default=15.0,
+        help="seconds to let running jobs finish on shutdown (15)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=10.0,
+        help="seconds between producer heartbeats (10)",
+    )
+
+
+def _rescue_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--producer-ttl",
+        type=float,
+        default=30.0,
+        help="silence after which a node's jobs are rescued (30)",
+    )
+    parser.add_argument(
+        "--rescue-interval", type=float, default=15.0, help="seconds between lifeline runs (15)"
+    )
+    parser.add_argument(
+        "--rescue-after",
+        type=float,
+        default=3600.0,
+        help="rescue jobs of producers never seen here after this (3600)",
+    )
+
+
+def _leader_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-leader",
+        action="store_true",
+        help="never lead (the leader runs the stager, pruner, cron, reindexer)",
+    )
+    parser.add_argument(
+        "--leader-lease",
+        type=float,
+        default=30.0,
+        help="seconds a leader's lease lasts without renewal (30)",
+    )
+    parser.add_argument(
+        "--cron",
+        action="append",
+        default=[],
+        metavar="'EXPR WORKER'",
+        help="a cron entry: 5 fields or @nickname, then a worker name "
+        "(repeatable), e.g. '*/5 * * * * myapp.jobs.digest'",
+    )
+    parser.add_argument(
+        "--prune-max-age",
+        type=float,
+        default=7 * 86400.0,
+        help="delete finished jobs older than this many seconds (7 days); 0 keeps them",
+    )
+
+
+def _observability_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-events",
+        action="store_true",
+        help="log each job outcome and service run as one JSON object per line (stderr)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs kerrera[prometheus]), e.g. 9464",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default="0.0.0.0",
+        help="address the metrics server binds to (0.0.0.0)",
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Carry out `kerrera start ...`: build the node, run it until signalled."""
+    sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current project
+    for module in args.module:
+        importlib.import_module(module)
+    app = Kerrera(
+        args.dsn, queues=parse_queues(args.queues), prefix=args.prefix, node=args.node,
+        migrate=not args.no_migrate, shutdown_grace_period=args.shutdown_grace_period,
+        data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
+        producer_ttl=args.producer_ttl, rescue_interval=args.rescue_interval,
+        rescue_after=args.rescue_after, leader=not args.no_leader,
+        leader_lease=args.leader_lease, crontab=[parse_cron(c) for c in args.cron],
+        prune_max_age=args.prune_max_age or None,
+        reindex_schedule=None if args.reindex_schedule == "never" else args.reindex_schedule,
+    )  # fmt: skip
+    if args.log_events:
+        _log_events()
+    metrics = None
+    if args.metrics_port is not None:
+        try:
+            from kerrera.telemetry.prometheus import serve
+        except ImportError as exc:  # the optional extra is missing: say so in one line
+            raise ConfigError(f"option '--metrics-port': {exc}") from None
+        metrics = serve(app, args.metrics_port, addr=args.metrics_addr)
+    try:
+        await run_until_signalled(app)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return 0
+
+
+def _log_events() -> None:
+    """JSON lines on stderr, undecorated, whatever the rest of the logging looks like."""
+    events = logging.getLogger("kerrera.events")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    events.addHandler(handler)
+    events.setLevel(logging.INFO)
+    events.propagate = False
+    telemetry.attach_default_logger(logging.INFO)
+
+
+async def run_until_signalled(app: Kerrera) -> None:
+    """Run `app` until SIGTERM/SIGINT: the first drains (grace period), a second one
+    ends at once (running jobs are put back to available without waiting)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            log.warning(
+                "received %s: draining (again to stop at once)", signal.Signals(signum).name
+            )
+            print(
+                "kerrera: shutting down; send the signal again to stop at once",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop.set()
+        else:
+            hurry.set()
+
+    hurry = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await app.start()
+    print(
+        f"kerrera: node {app.node} running queues {dict(app.config.queues)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+    stopping = asyncio.create_task(app.stop(exiting=True))  # the process exits after it
+    hurried = asyncio.create_task(hurry.wait())
+    done, _ = await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    if stopping not in done:
+        app.hurry()  # the producers put the running jobs back before stop() returns
+        await stopping
+    hurried.cancel()
+    print("kerrera: stopped", file=sys.stderr, flush=True)
