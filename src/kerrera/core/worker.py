@@ -288,6 +288,12 @@ _FAILED: dict[str, tuple[float, str]] = {}  # name -> (when it failed, the error
 _IMPORTING: dict[str, threading.Lock] = {}  # name -> held while it is being imported
 
 
+def loaded_worker(name: str) -> Worker | None:
+    """The worker of `name` if it is already loaded (no import, no await: the hot path
+    asks this first and calls `load_worker` only on a miss)."""
+    return _INSTANCES.get(name)
+
+
 async def load_worker(name: str) -> Worker:
     """`resolve_worker` for the event loop: a worker already loaded is returned at once;
     importing a module (which may be slow, or block) runs in a thread, so that other

@@ -21,7 +21,7 @@ from kerrera.core.backoff import default_backoff
 from kerrera.core.errors import JobTimeoutError, UnknownWorkerError
 from kerrera.core.job import Job
 from kerrera.core.outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
-from kerrera.core.worker import Worker, load_worker
+from kerrera.core.worker import Worker, load_worker, loaded_worker
 from kerrera.queue.observed import flush_progress, observed
 from kerrera.queue.threads import DaemonThreadPool
 from kerrera.telemetry import bus
@@ -71,7 +71,7 @@ class Executor:
     ) -> tuple[dict[str, Any] | None, BaseException | None]:
         """`perform` without telemetry: the ack, and the exception that failed the job."""
         try:
-            worker = await load_worker(job.worker)
+            worker = loaded_worker(job.worker) or await load_worker(job.worker)
         except Exception as exc:  # unknown name, or a worker class that cannot be built
             trace = not isinstance(exc, UnknownWorkerError)
             return failure(job, None, exc, with_traceback=trace), exc

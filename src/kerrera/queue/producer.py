@@ -478,7 +478,7 @@ class Producer:
     async def _execute(self, job: RunningJob, entry: Held) -> None:
         outcome: Outcome = RELEASE
         try:
-            outcome = await self._executor.perform(job, self._linger_for(entry))
+            outcome = (await self._executor.execute(job, self._linger_for(entry)))[0]
         except asyncio.CancelledError:
             if job.cancel_requested:  # pkill: the row already says cancelled
                 # Normally this guarded ack is a no-op; if the row does not say cancelled,
