@@ -92,10 +92,10 @@ async def test_node_scoped_commands_and_check_all_queues(make_app: Any) -> None:
     await a.start()
     await b.start()
     await b.scale_queue("default", 5, node="a")
-    await eventually(lambda: a.check_queue("default")["limit"] == 5, timeout=1)
+    await eventually(lambda: a.check_queue("default")["limit"] == 5, timeout=5)
     assert b.check_queue("default")["limit"] == 2
     await a.pause_queue("default", node="b")
-    await eventually(lambda: b.check_queue("default")["paused"], timeout=1)
+    await eventually(lambda: b.check_queue("default")["paused"], timeout=5)
     assert not a.check_queue("default")["paused"]
     report = await make_app().check_all_queues()
     seen = {(r["node"], r["queue"]): (r["limit"], r["paused"], r["running"]) for r in report}
@@ -106,7 +106,7 @@ async def test_node_scoped_commands_and_check_all_queues(make_app: Any) -> None:
     }
     # a command for every node overrides the node-scoped one
     await a.resume_queue("default")
-    await eventually(lambda: not b.check_queue("default")["paused"], timeout=1)
+    await eventually(lambda: not b.check_queue("default")["paused"], timeout=5)
 
 
 async def test_start_and_stop_queue_across_nodes(make_app: Any, sql: Any) -> None:
@@ -115,14 +115,14 @@ async def test_start_and_stop_queue_across_nodes(make_app: Any, sql: Any) -> Non
     await a.start()
     await b.start()
     await a.start_queue("extra", 3)
-    await eventually(lambda: "extra" in a.producers and "extra" in b.producers, timeout=1)
+    await eventually(lambda: "extra" in a.producers and "extra" in b.producers, timeout=5)
     assert b.check_queue("extra")["limit"] == 3
     job = await a.insert(Scripted.new({}, queue="extra"))
     await eventually(
         lambda: sql("SELECT state FROM oban_jobs WHERE id = %s", (job.id,)) == [("completed",)]
     )
     await b.stop_queue("extra", node="a")
-    await eventually(lambda: "extra" not in a.producers, timeout=1)
+    await eventually(lambda: "extra" not in a.producers, timeout=5)
     assert "extra" in b.producers
     await b.stop_queue("default")
     await eventually(
@@ -144,7 +144,7 @@ async def test_an_elixir_signal_pauses_the_named_node_only(
             "SELECT pg_notify(%s, %s)",
             (f"{prefix}.oban_signal", '{"action":"pause","ident":"Oban.py-1","queue":"default"}'),
         )
-    await eventually(lambda: a.check_queue("default")["paused"], timeout=1)
+    await eventually(lambda: a.check_queue("default")["paused"], timeout=5)
     await asyncio.sleep(0.2)
     assert not b.check_queue("default")["paused"]
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -288,10 +288,10 @@ async def test_the_sync_face_controls_queues_too(make_app: Any) -> None:
     await node.start()
     operator = make_app()
     await asyncio.to_thread(operator.sync.pause_queue, "default")
-    await eventually(lambda: node.check_queue("default")["paused"], timeout=1)
+    await eventually(lambda: node.check_queue("default")["paused"], timeout=5)
     await asyncio.to_thread(operator.sync.scale_queue, "default", 7, node="a")
-    await eventually(lambda: node.check_queue("default")["limit"] == 7, timeout=1)
+    await eventually(lambda: node.check_queue("default")["limit"] == 7, timeout=5)
     await asyncio.to_thread(operator.sync.resume_queue, "default")
-    await eventually(lambda: not node.check_queue("default")["paused"], timeout=1)
+    await eventually(lambda: not node.check_queue("default")["paused"], timeout=5)
     with pytest.raises(ConfigError, match="limit"):
         operator.sync.scale_queue("default", -1)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -338,18 +339,23 @@ def _machine(
             self.producers[producer] = "alive"
 
         @precondition(lambda self: self._some("executing"))
-        @rule(dies=st.sampled_from([None, *HEARTBEATING]))
-        def lifeline(self, dies: str | None) -> None:
-            """Maybe a node dies (its producer's row stops being renewed and grows old),
-            then the lifeline rescues the orphans."""
+        @rule(pick=picks, dies=st.booleans())
+        def lifeline(self, pick: int, dies: bool) -> None:
+            """Maybe a node that runs jobs dies (its producer's row stops being renewed
+            and grows old), then the lifeline rescues the orphans."""
             expired = set()
-            if dies is not None and self.producers[dies] == "alive":
+            running = sorted(
+                {r.owner for r in self.model.values() if r.state == "executing" and r.owner}
+            )
+            alive = [p for p in running if self.producers[p] == "alive"]
+            if dies and alive:
+                dead = alive[pick % len(alive)]
                 conn.execute(
                     f"UPDATE {producers} SET updated_at = updated_at - interval '1 hour' "
                     "WHERE uuid = %s",
-                    (dies,),
+                    (dead,),
                 )
-                expired.add(dies)
+                expired.add(dead)
             unknown = {p for p, s in self.producers.items() if s == "none"}
             orphans = [
                 r for r in self.model.values()
@@ -441,12 +447,13 @@ def _machine(
 
         @invariant()
         def producers_agree_with_model(self) -> None:
+            # Every row is a live producer's (the lifeline removed the dead ones).
             rows = conn.execute(
-                f"SELECT uuid FROM {producers} "
-                "WHERE updated_at > timezone('UTC', now()) - interval '60 seconds'"
+                "SELECT uuid, updated_at > timezone('UTC', now()) - interval '60 seconds' "
+                f"FROM {producers}"
             ).fetchall()
             alive = {p for p, s in self.producers.items() if s == "alive"}
-            assert {uuid for (uuid,) in rows} == alive
+            assert dict(rows) == dict.fromkeys(alive, True)
 
     return Jobs
 
@@ -501,3 +508,37 @@ async def test_a_stale_ack_never_moves_a_job_that_was_fetched_again(make_app: An
     assert (await app.get_job(job.id)).state.value == "executing"
     await engine.ack_jobs(AckBatch(done_ids=[job.id], done_attempts=[2], producer="p2"))
     assert (await app.get_job(job.id)).state.value == "completed"
+
+
+@pytest.mark.parametrize(
+    ("producer", "attempt"),
+    [
+        # The same producer ran the job twice (a retry between): only the attempt tells
+        # the two runs apart, so that guard alone must turn the first run's acks away.
+        ("p1", 1),
+        # The right attempt number from a producer that does not hold the job (its own
+        # run was rolled back, and the job fetched again elsewhere): the owner guard.
+        ("p2", 2),
+    ],
+)
+async def test_an_ack_of_a_run_that_no_longer_holds_the_job_moves_nothing(
+    make_app: Any, producer: str, attempt: int
+) -> None:
+    app = make_app()
+    job = await app.insert(Scripted.new({}))
+    engine = app.engine
+    await engine.fetch_jobs("default", 1, AckBatch(producer="p1"), "n", "p1")
+    await engine.ack_jobs(AckBatch(producer="p1", done_ids=[job.id], done_attempts=[1]))
+    await app.retry_job(job.id)
+    again = (await engine.fetch_jobs("default", 1, AckBatch(producer="p1"), "n", "p1"))[0]
+    assert (again.id, again.attempt) == (job.id, 2)
+    late = {"id": job.id, "attempt": attempt, "error": {"at": "x", "attempt": 1, "error": "e"}}
+    for stale in (
+        AckBatch(producer=producer, done_ids=[job.id], done_attempts=[attempt]),
+        *(AckBatch(producer=producer, outcomes=[{**late, "state": s}])
+          for s in ("retryable", "discarded", "cancelled")),
+        AckBatch(producer=producer, released_ids=[job.id], released_attempts=[attempt]),
+    ):  # fmt: skip
+        await engine.ack_jobs(stale)
+        now = await app.get_job(job.id)
+        assert (now.state.value, now.attempt, now.max_attempts) == ("executing", 2, 3), stale
