@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -207,17 +208,15 @@ async def run_until_signalled(app: Kerrera) -> None:
     signals: list[int] = []
 
     def on_signal(signum: int) -> None:
+        # The stop first: saying so may fail (stderr piped to a reader that is gone),
+        # and nothing that is said may keep the node from stopping.
         signals.append(signum)
         if len(signals) == 1:
+            stop.set()
             log.warning(
                 "received %s: draining (again to stop at once)", signal.Signals(signum).name
             )
-            print(
-                "kerrera: shutting down; send the signal again to stop at once",
-                file=sys.stderr,
-                flush=True,
-            )
-            stop.set()
+            say("kerrera: shutting down; send the signal again to stop at once")
         else:
             hurry.set()
 
@@ -225,11 +224,7 @@ async def run_until_signalled(app: Kerrera) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await app.start()
-    print(
-        f"kerrera: node {app.node} running queues {dict(app.config.queues)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"kerrera: node {app.node} running queues {dict(app.config.queues)}")
     await stop.wait()
     stopping = asyncio.create_task(app.stop(exiting=True))  # the process exits after it
     hurried = asyncio.create_task(hurry.wait())
@@ -238,4 +233,11 @@ async def run_until_signalled(app: Kerrera) -> None:
         app.hurry()  # the producers put the running jobs back before stop() returns
         await stopping
     hurried.cancel()
-    print("kerrera: stopped", file=sys.stderr, flush=True)
+    say("kerrera: stopped")
+
+
+def say(line: str) -> None:
+    """One line to stderr; a stderr that cannot be written (a closed pipe) is ignored,
+    so that reporting never breaks starting or stopping."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
