@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
+from acceptance.nodes import kill_node_connections
 from conftest import eventually
 from psycopg.conninfo import make_conninfo
 from support import held
@@ -31,16 +31,6 @@ def _state(sql: Callable[..., list[tuple[Any, ...]]], job_id: int) -> tuple[str,
     return rows[0][0], rows[0][1]
 
 
-def _kill_connections(dsn: str, app_name: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = %s AND pid <> pg_backend_pid()",
-            (app_name,),
-        ).fetchall()
-    return sum(1 for (done,) in rows if done)
-
-
 async def test_a_timed_out_sync_job_is_not_reclaimed_while_its_thread_runs(
     dsn: str, prefix: str, sql: Callable[..., list[tuple[Any, ...]]]
 ) -> None:
@@ -58,7 +48,7 @@ async def test_a_timed_out_sync_job_is_not_reclaimed_while_its_thread_runs(
         await eventually(lambda: producer.ledger.in_phase(Phase.LINGERING) == [job.id])
         assert _state(sql, job.id) == ("executing", 1)
 
-        assert _kill_connections(dsn, name) > 0
+        assert kill_node_connections(dsn, name)
         async with Kerrera(dsn, prefix=prefix) as client:  # on connections never killed
             probe = await client.insert(held.quick.new({}))
         # The producer's next cycle fails on its dead connection, then it recovers.
@@ -205,7 +195,8 @@ async def test_a_worker_module_is_imported_off_the_event_loop(
     app = make_app(queues={"default": 3}, poll_interval=0.1)
     await app.start()
     slow = await app.insert(Job(worker="support.import_gate.imported_late"))
-    await asyncio.sleep(0.2)  # (gives the slow import time to begin first)
+    # Fetched, and its worker's import has begun (it blocks until the gate opens):
+    await eventually(lambda: _state(sql, slow.id)[0] == "executing")
     quick = await app.insert(held.quick.new({}))
     await eventually(lambda: held.runs_of(quick.id) == [1])
     assert held.runs_of(slow.id) == []

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
+
 T = TypeVar("T")
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
@@ -111,3 +113,16 @@ class Node:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def kill_node_connections(dsn: str, app_name: str) -> list[int]:
+    """Terminate every backend of the node under test; return their pids."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # In the select list (not the WHERE clause, whose terms the planner may reorder)
+        # so that only the rows that passed the filter are terminated.
+        rows = conn.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (app_name,),
+        ).fetchall()
+    return [pid for pid, terminated in rows if terminated]

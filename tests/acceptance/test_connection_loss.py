@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from acceptance import nodeworkers
+from acceptance.nodes import kill_node_connections
 from acceptance.nodeworkers import counted
 from conftest import eventually
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -50,19 +51,6 @@ async def client(dsn: str, prefix: str) -> AsyncIterator[Kerrera]:
     """Inserts and reads jobs on connections that are never killed."""
     async with Kerrera(dsn, prefix=prefix) as app:
         yield app
-
-
-def kill_node_connections(dsn: str, app_name: str) -> list[int]:
-    """Terminate every backend of the node under test; return their pids."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        # In the select list (not the WHERE clause, whose terms the planner may reorder)
-        # so that only the rows that passed the filter are terminated.
-        rows = conn.execute(
-            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = %s AND pid <> pg_backend_pid()",
-            (app_name,),
-        ).fetchall()
-    return [pid for pid, terminated in rows if terminated]
 
 
 def node_backends(dsn: str, app_name: str) -> list[tuple[int, str]]:

@@ -1,6 +1,6 @@
 """Running one job and turning what it did into an ack.
 
-`perform` returns None for a plain completion (the hot path: no allocation beyond the
+`execute` returns None as the ack of a plain completion (the hot path: no allocation beyond the
 job itself) or a small dict describing any other outcome, in the shape the engine's
 `ack_and_fetch` statement reads. Cancellation (shutdown or pkill) propagates as
 `asyncio.CancelledError` for the producer to handle.
@@ -41,24 +41,18 @@ class Executor:
         #: The node's name, for telemetry (None: emit no job events).
         self.node = node
 
-    async def perform(
+    async def execute(
         self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
-    ) -> dict[str, Any] | None:
-        """Run `job` to its end and return its ack (None means plainly completed).
+    ) -> tuple[dict[str, Any] | None, BaseException | None]:
+        """Run `job` to its end: its ack (None means plainly completed) and the
+        exception that failed it, if any (the testing helpers may re-raise it).
 
         Whatever happens, a job ends with an ack: only a cancellation that its producer
         asked for (shutdown, pkill) propagates, as `asyncio.CancelledError`. A sync job
         whose thread outlives it (a timeout, a pkill) is handed to `linger` as a future
         that resolves when the thread is free, so its producer can keep the slot taken.
         Progress the job reported but has not written yet is written before it returns.
-        """
-        return (await self.execute(job, linger))[0]
-
-    async def execute(
-        self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
-    ) -> tuple[dict[str, Any] | None, BaseException | None]:
-        """`perform` that also returns the exception that failed the job (the testing
-        helpers may re-raise it). Job events are emitted while a handler listens."""
+        Job events are emitted while a handler listens."""
         if self.node is not None and bus.jobs_watched:
             return await observed(self, job, linger)
         result = await self.run(job, linger)
@@ -69,7 +63,7 @@ class Executor:
     async def run(
         self, job: Job, linger: Callable[[Job, asyncio.Future[None]], None] | None = None
     ) -> tuple[dict[str, Any] | None, BaseException | None]:
-        """`perform` without telemetry: the ack, and the exception that failed the job."""
+        """`execute` without telemetry: the ack, and the exception that failed the job."""
         try:
             worker = loaded_worker(job.worker) or await load_worker(job.worker)
         except Exception as exc:  # unknown name, or a worker class that cannot be built

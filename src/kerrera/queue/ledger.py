@@ -111,10 +111,6 @@ class Ledger:
     def __iter__(self) -> Iterator[Held]:
         return iter(list(self._held.values()))
 
-    def holds(self, job_id: int) -> bool:
-        """Whether some run of `job_id` is held."""
-        return any(key[0] == job_id for key in self._held)
-
     def held_ids(self) -> list[int]:
         """Every job held: none of them may be reclaimed or released by anyone else."""
         return sorted({job_id for job_id, _attempt in self._held})
