@@ -78,7 +78,9 @@ REMAINING_SQL = (
 ON_JOB: list[Any] = [lambda _args: None]
 
 
-@worker(queue=QUEUE, max_attempts=1)
+# Named: this script inserts in one run and serves in another, so `__main__.noop` would
+# be refused at insert; each run registers the name.
+@worker(queue=QUEUE, max_attempts=1, name="bench.noop")
 async def noop(job: Job) -> None:
     ON_JOB[0](job.args)
 

@@ -41,7 +41,9 @@ NODE = os.environ.get("PEER_KERRERA_NODE", "bench-node")
 ON_JOB = [lambda _args: None]
 
 
-@worker(queue=QUEUE, max_attempts=1)
+# Named: this script inserts in one run and serves in another, so `__main__.noop` would
+# be refused at insert; each run registers the name.
+@worker(queue=QUEUE, max_attempts=1, name="peer_kerrera.noop")
 async def noop(job: Job) -> None:
     ON_JOB[0](job.args)
 

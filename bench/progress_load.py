@@ -8,17 +8,20 @@ progress every ~10 ms, while this process inserts single jobs from 10 tasks for 
 The database is KERRERA_BENCH_DSN (a schema `progbench2_<mode>` is created in it; drop
 it afterwards).
 """
+
 import asyncio
 import os
 import subprocess
 import sys
 import time
 
-from kerrera import Kerrera, worker, Job
+from kerrera import Job, Kerrera, worker
 
 DSN = os.environ.get("KERRERA_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
-@worker(queue="long")
+
+# (named: a script's workers are refused at insert unless their name is importable or given)
+@worker(queue="long", name="progress_load.reporter")
 async def reporter(job: Job) -> None:
     i = 0
     while True:
@@ -26,13 +29,18 @@ async def reporter(job: Job) -> None:
         await job.progress(i % 100, "working")
         await asyncio.sleep(0.01)
 
-@worker(queue="other")
+
+@worker(queue="other", name="progress_load.other")
 async def other(job: Job) -> None: ...
 
+
 async def node(prefix: str, interval: float) -> None:
-    app = Kerrera(DSN, prefix=prefix, queues={"long": 100}, progress_interval=interval, pool_size=20)
+    app = Kerrera(
+        DSN, prefix=prefix, queues={"long": 100}, progress_interval=interval, pool_size=20
+    )
     async with app:
         await asyncio.sleep(25)
+
 
 async def main(mode: str) -> None:
     prefix = f"progbench2_{mode.replace('.', '_')}"
@@ -45,16 +53,20 @@ async def main(mode: str) -> None:
         await asyncio.sleep(4)
     n = [0]
     end = time.monotonic() + 10
+
     async def insert_loop():
         while time.monotonic() < end:
             await app.insert(other.new({}))
             n[0] += 1
+
     t = time.monotonic()
     await asyncio.gather(*(insert_loop() for _ in range(10)))
     took = time.monotonic() - t
-    print(f"progress_interval={mode}: {n[0]/took:.0f} single inserts/s")
-    if child: child.kill()
+    print(f"progress_interval={mode}: {n[0] / took:.0f} single inserts/s")
+    if child:
+        child.kill()
     await app.stop()
+
 
 if sys.argv[1] == "node":
     asyncio.run(node(sys.argv[2], float(sys.argv[3])))

@@ -161,14 +161,14 @@ def test_retry_cancel_and_delete_by_id(cli: Any, jobs: dict[str, list[int]], sql
 
 
 def test_bulk_actions_by_filter(cli: Any, jobs: dict[str, list[int]], sql: Sql) -> None:
-    retried = cli("jobs", "retry", "--state", "discarded", "--worker", mailer.name)
+    retried = cli("jobs", "retry", "--state", "discarded", "--worker", mailer.name, "--yes")
     assert (retried.returncode, retried.stdout.strip()) == (0, "retried 2 jobs")
     states = _states(sql)
     assert {states[i] for i in jobs["discarded"]} == {"available"}
     assert states[jobs["completed"][0]] == "completed"
-    cancelled = cli("jobs", "cancel", "--queue", "media")
+    cancelled = cli("jobs", "cancel", "--queue", "media", "--yes")
     assert cancelled.stdout.strip() == "cancelled 4 jobs"
-    deleted = cli("jobs", "delete", "--state", "cancelled", "--json")
+    deleted = cli("jobs", "delete", "--state", "cancelled", "--json", "--yes")
     assert json.loads(deleted.stdout) == {"action": "delete", "count": 4}
     assert set(_states(sql)) == {*jobs["mail_available"], *jobs["discarded"], *jobs["completed"]}
 

@@ -255,3 +255,28 @@ async def test_migrate_false_refuses_an_out_of_date_schema(dsn: str, prefix: str
         migrate_up(conn, prefix)
     await app.start()
     await app.stop()
+
+
+async def test_a_first_insert_inside_a_transaction_migrates_without_waiting_for_it(
+    dsn: str, prefix: str
+) -> None:
+    # Migrating on a first insert made inside the caller's open transaction used to hang:
+    # a concurrent index build waits for every open transaction, the caller's included.
+    import asyncio
+
+    from support.held import quick  # any importable worker
+
+    app = Kerrera(dsn, prefix=prefix)
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            # the caller's transaction is open, with a snapshot it keeps (repeatable read,
+            # or a cursor still open in read committed)
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await conn.execute("CREATE TEMP TABLE mine (x int)")
+            await conn.execute("INSERT INTO mine VALUES (1)")
+            job = await asyncio.wait_for(app.insert(quick.new({}), conn=conn), timeout=30)
+            await conn.commit()
+        assert job.id is not None
+        assert (await app.get_job(job.id)) is not None
+    finally:
+        await app.stop()

@@ -281,6 +281,7 @@ def _machine(
             row = self._owned(job_id, attempt, owner)
             if row is not None:
                 row.put_back()
+                row.meta["released"] = row.meta.get("released", 0) + 1  # shown by the CLI
 
         @precondition(lambda self: self._some("executing"))
         @rule(producer=st.sampled_from(PRODUCERS), keep=st.integers(0, 255))

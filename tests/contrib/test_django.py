@@ -1,97 +1,38 @@
 """The Django integration with a real Django and a real PostgreSQL.
 
-Django is configured in this process against the test database: the example project's
-`orders` app lives in a schema of this module's own, and Kerrera's tables in each test's
-`prefix` schema (`KERRERA = {"prefix": prefix}`). The example project also runs for real
-in subprocesses: `manage.py kerrera migrate|start`, and its own `manage.py test` suite.
+Django is configured in this process against the test database (see `djsite`): the
+example project's `orders` app lives in a schema of its own, and Kerrera's tables in
+each test's `prefix` schema. The example project also runs for real in subprocesses:
+`manage.py kerrera migrate|start`, and its own `manage.py test` suite.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import django
+import djsite
 import psycopg
 import pytest
 from acceptance.nodes import until
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.db import connections, transaction
 from django.test import Client, override_settings
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from djsite import MODELS_SCHEMA, Started, example_env, manage
+from psycopg.conninfo import conninfo_to_dict
 
 from kerrera import ConfigError
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_project"
-#: The example app's tables, in this process and in its subprocesses.
-MODELS_SCHEMA = f"dj_{uuid.uuid4().hex[:10]}"
+# The fixtures every Django test module shares (Django itself is set up once).
+django_site = djsite.django_site
+kerrera_settings = djsite.kerrera_settings
 
 SQL = Callable[..., list[tuple[Any, ...]]]
 
-
-def _database(dsn: str, **options: Any) -> dict[str, Any]:
-    params = conninfo_to_dict(dsn)
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": params.get("dbname", ""),
-        "USER": params.get("user", ""),
-        "PASSWORD": params.get("password", ""),
-        "HOST": params.get("host", ""),
-        "PORT": params.get("port", ""),
-        "OPTIONS": {"options": f"-c search_path={MODELS_SCHEMA}", **options},
-    }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def django_project(dsn: str) -> Iterator[None]:
-    """Django set up once for this module, with the example's Order table created."""
-    if settings.configured:  # these tests need their own settings: never skip them silently
-        pytest.fail("Django was configured before this module (by another test module?)")
-    sys.path.insert(0, str(EXAMPLE))
-    settings.configure(
-        DATABASES={
-            "default": _database(dsn),
-            "tuned": _database(dsn, sslmode="disable", pool=False, server_side_binding=False),
-            "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
-        },
-        INSTALLED_APPS=["kerrera.contrib.django", "orders"],
-        ROOT_URLCONF="shopsite.urls",
-        ALLOWED_HOSTS=["testserver"],
-        USE_TZ=True,
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        SECRET_KEY="test",
-    )
-    django.setup()
-    from orders.models import Order
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{MODELS_SCHEMA}"')
-    with connections["default"].schema_editor() as editor:
-        editor.create_model(Order)
-    yield
-    connections.close_all()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{MODELS_SCHEMA}" CASCADE')
-    sys.path.remove(str(EXAMPLE))
-
-
-@pytest.fixture(autouse=True)
-def kerrera_settings(prefix: str) -> Iterator[None]:
-    from kerrera.contrib.django import reset_app
-
-    with override_settings(KERRERA={"prefix": prefix}):
-        yield
-    reset_app()
+pytestmark = pytest.mark.usefixtures("kerrera_settings")
 
 
 def _jobs(sql: SQL, job_id: int | None) -> list[tuple[Any, ...]]:
@@ -281,66 +222,20 @@ def test_the_django_worker_keeps_its_name_and_flavour() -> None:
 # -- the example project in subprocesses ------------------------------------------------
 
 
-def _example_env(dsn: str, prefix: str, **extra: str) -> dict[str, str]:
-    params = {**conninfo_to_dict(dsn), "options": f"-c search_path={MODELS_SCHEMA}"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "KERRERA_"))}
-    env.pop("DATABASE_URL", None)
-    return {**env, "DATABASE_URL": make_conninfo(**params), "KERRERA_PREFIX": prefix, **extra}
-
-
-def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=EXAMPLE, env=env, capture_output=True,
-        text=True, timeout=90, check=False,
-    )  # fmt: skip
-
-
-class _Started:
-    """A `manage.py` process whose combined output is collected line by line."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", *args], cwd=EXAMPLE, env=env, text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        self.lines.extend(line.rstrip("\n") for line in self.proc.stdout)
-
-    def saw(self, text: str) -> bool:
-        seen = any(text in line for line in list(self.lines))
-        if not seen and self.proc.poll() is not None and not self._reader.is_alive():
-            raise AssertionError("exited early:\n" + "\n".join(self.lines))
-        return seen
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._reader.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return code
-
-
 def test_manage_py_kerrera_migrates_and_runs_the_views_job(dsn: str, prefix: str, sql: SQL) -> None:
     from orders.models import Order
 
     from kerrera.engine.migrations import LATEST_VERSION
 
-    env = _example_env(dsn, prefix)
-    status = _manage(env, "kerrera", "migrate", "--status")
+    env = example_env(dsn, prefix)
+    status = manage(env, "kerrera", "migrate", "--status")
     assert status.returncode == 0, status.stderr
     assert status.stdout.strip() == f"version 0 (latest {LATEST_VERSION})"
-    applied = _manage(env, "kerrera", "migrate")
+    applied = manage(env, "kerrera", "migrate")
     assert f"now at version {LATEST_VERSION}" in applied.stdout, applied.stderr
 
     placed = Client().post("/orders/", {"item": "coffee", "quantity": 1}).json()
-    node = _Started(env, "kerrera", "start", "-v", "2", "--node", "django-example")
+    node = Started(env, "kerrera", "start", "-v", "2", "--node", "django-example")
     try:
         until(lambda: node.saw("running queues {'default': 5, 'mail': 2}"), timeout=30)
         until(lambda: _jobs(sql, placed["job"])[0][0] == "completed", timeout=30)
@@ -355,22 +250,22 @@ def test_manage_py_kerrera_migrates_and_runs_the_views_job(dsn: str, prefix: str
 
 
 def test_manage_py_kerrera_reports_bad_arguments(dsn: str, prefix: str) -> None:
-    env = _example_env(dsn, prefix)
-    down = _manage(env, "kerrera", "migrate", "--down", "0")
+    env = example_env(dsn, prefix)
+    down = manage(env, "kerrera", "migrate", "--down", "0")
     assert down.returncode != 0
     assert "option '--down' must be a number of steps >= 1" in down.stderr
-    queues = _manage(env, "kerrera", "start", "--queues", "mail:lots")
+    queues = manage(env, "kerrera", "start", "--queues", "mail:lots")
     assert queues.returncode != 0
     assert "bad limit in 'mail:lots'" in queues.stderr
-    module = _manage(env, "kerrera", "start", "--module", "orders.nowhere")
+    module = manage(env, "kerrera", "start", "--module", "orders.nowhere")
     assert "cannot import worker module 'orders.nowhere'" in module.stderr
 
 
 def test_the_example_projects_own_tests_pass(dsn: str, prefix: str) -> None:
     test_db = f"test_kerrera_example_{uuid.uuid4().hex[:8]}"
-    env = _example_env(dsn, prefix, DJANGO_TEST_DATABASE=test_db)
+    env = example_env(dsn, prefix, DJANGO_TEST_DATABASE=test_db)
     env["DATABASE_URL"] = dsn  # the test database gets the tables in its default schema
-    result = _manage(env, "test", "--noinput")
+    result = manage(env, "test", "--noinput")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stderr.splitlines()
     with psycopg.connect(dsn, autocommit=True) as conn:

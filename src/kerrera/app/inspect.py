@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -12,6 +14,9 @@ from kerrera.engine.inspect import JobFilter
 
 if TYPE_CHECKING:
     from kerrera.engine.postgres import PostgresEngine
+    from kerrera.events.pubsub import Subscription
+
+log = logging.getLogger("kerrera")
 
 #: The states `count_jobs` reports, in the order a job usually goes through them.
 #: The most jobs one `list_jobs` call returns (page with `before_id` for more).
@@ -21,6 +26,16 @@ MAX_LIST = 10_000
 BULK_CHUNK = 1_000
 
 _STATES = tuple(s.value for s in JobState)
+#: The states each bulk action can change: a job in another state is left alone by it
+#: (a running job is never retried or deleted; a finished one is never cancelled).
+ACTABLE = {
+    "retry": tuple(s for s in _STATES if s != "executing"),
+    "cancel": UNFINISHED,
+    "delete": tuple(s for s in _STATES if s != "executing"),
+}
+#: What `kerrera jobs retry` aims at when no state is given: the jobs that failed or
+#: were stopped, never the completed ones.
+FAILED_STATES = ("retryable", "discarded", "cancelled")
 
 #: Called as `on_progress(done, total)` while a bulk action runs.
 Progress = Callable[[int, int], None]
@@ -31,6 +46,19 @@ class _App(Protocol):
     """What these methods need of the `Kerrera` they are mixed into."""
 
     async def _open(self) -> PostgresEngine: ...
+
+
+class _Watchable(Protocol):
+    """What `wait_until_finished` needs of a `Kerrera`."""
+
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    def subscribe(self, *targets: int | str) -> Subscription: ...
+
+
+#: Seconds between two reads of a waited-for job's row: the fallback when its events
+#: do not arrive (no notifications through a pooler, a lost connection).
+WAIT_POLL = 2.0
 
 
 class InspectMixin:
@@ -64,6 +92,16 @@ class InspectMixin:
         """
         return by_queue(await (await self._open()).count_jobs())
 
+    async def known_names(self: _App) -> dict[str, list[str]]:
+        """Names in use, to tell a typo from a real name: `{"queue": [...], "node":
+        [...]}`, the queues any node, queue command or job (in any state) has used, and
+        the nodes with a live producer. Cheap on a large table (index probes only).
+
+        Example:
+            if "mail" not in (await app.known_names())["queue"]: ...
+        """
+        return await (await self._open()).known_names()
+
     async def retry_jobs_where(
         self: _App, *, state: Names = None, queue: Names = None, worker: Names = None,
         all_jobs: bool = False, on_progress: Progress | None = None,
@@ -79,7 +117,9 @@ class InspectMixin:
         """
         engine = await self._open()
         where = _bulk_filter("retry_jobs_where", state, queue, worker, all_jobs)
-        return await act_on_matching(engine, engine.retry_jobs, where, on_progress)
+        return await act_on_matching(
+            engine, engine.retry_jobs, actable(where, "retry"), on_progress
+        )
 
     async def cancel_jobs_where(
         self: _App, *, state: Names = None, queue: Names = None, worker: Names = None,
@@ -93,7 +133,9 @@ class InspectMixin:
         """
         engine = await self._open()
         where = _bulk_filter("cancel_jobs_where", state, queue, worker, all_jobs)
-        return await act_on_matching(engine, engine.cancel_jobs, where, on_progress)
+        return await act_on_matching(
+            engine, engine.cancel_jobs, actable(where, "cancel"), on_progress
+        )
 
     async def delete_jobs_where(
         self: _App, *, state: Names = None, queue: Names = None, worker: Names = None,
@@ -107,7 +149,35 @@ class InspectMixin:
         """
         engine = await self._open()
         where = _bulk_filter("delete_jobs_where", state, queue, worker, all_jobs)
-        return await act_on_matching(engine, engine.delete_jobs, where, on_progress)
+        return await act_on_matching(
+            engine, engine.delete_jobs, actable(where, "delete"), on_progress
+        )
+
+    async def preview_jobs_where(
+        self: _App, action: str, *, state: Names = None, queue: Names = None,
+        worker: Names = None, all_jobs: bool = False, sample: int = 5,
+    ) -> tuple[int, list[Job]]:  # fmt: skip
+        """What `<action>_jobs_where` (action `retry`, `cancel` or `delete`) would change
+        now, without changing anything: how many jobs, and up to `sample` of them (the
+        newest). Jobs the action would skip (a running job for retry, a finished one for
+        cancel) are not counted. Used to ask before a bulk action.
+
+        Example:
+            count, some = await app.preview_jobs_where("retry", state="discarded")
+        """
+        if action not in ACTABLE:
+            raise ConfigError(f"preview_jobs_where: action must be one of {sorted(ACTABLE)}")
+        if type(sample) is not int or not 1 <= sample <= MAX_LIST:
+            raise ConfigError(f"option 'sample' must be an integer from 1 to {MAX_LIST}")
+        engine = await self._open()
+        where = actable(
+            _bulk_filter(f"{action}_jobs_where", state, queue, worker, all_jobs), action
+        )
+        if where.states == ():
+            return 0, []
+        upto = await engine.last_job_id()
+        count = await engine.count_matching(where, upto)
+        return count, await engine.list_jobs(where, sample, upto + 1) if count else []
 
 
 def listing_filter(
@@ -162,6 +232,15 @@ def _bulk_filter(call: str, state: Names, queue: Names, worker: Names, all_jobs:
     return where
 
 
+def actable(where: JobFilter, action: str) -> JobFilter:
+    """`where` narrowed to the states `action` can change (its states then may be
+    empty: nothing to do). The action would skip the others anyway; naming the states
+    keeps the statements on the index that starts with state."""
+    allowed = ACTABLE[action]
+    states = allowed if where.states is None else tuple(s for s in where.states if s in allowed)
+    return JobFilter(states, where.queues, where.workers)
+
+
 async def act_on_ids(
     act: Callable[[Sequence[int]], Awaitable[list[Job]]],
     ids: Sequence[int],
@@ -187,6 +266,8 @@ async def act_on_matching(
 ) -> int:
     """Run `act` (an engine's retry/cancel/delete) on the jobs matching `where` that exist
     now, one chunk of ids at a time; return how many jobs it changed."""
+    if where.states == ():
+        return 0
     upto = await engine.last_job_id()
     total = await engine.count_matching(where, upto) if on_progress else 0
     if on_progress:
@@ -204,3 +285,50 @@ async def act_on_matching(
         if len(ids) < chunk:
             break
     return changed
+
+
+def wait_target(job: Job | int, timeout: float | None) -> int:
+    """The id of the job `wait` is given, its `timeout` checked."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+    ):
+        raise ConfigError(f"option 'timeout' must be None or seconds >= 0, got {timeout!r}")
+    job_id = job.id if isinstance(job, Job) else job
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise ConfigError(f"wait: give a saved job or a job id, got {job!r}")
+    return job_id
+
+
+async def wait_until_finished(app: _Watchable, job_id: int, poll: float = WAIT_POLL) -> Job:
+    """The job once it is completed, discarded or cancelled (as stored then). Wakes on
+    the job's events; reads the row every `poll` seconds too, and when an event says it
+    ended (the row is the truth: the job may have been retried since)."""
+    found = await app.get_job(job_id)
+    if found is None:
+        raise LookupError(f"no job {job_id}")
+    if found.state.terminal:
+        return found
+    events = app.subscribe(job_id)
+    try:
+        await events.open()
+    except Exception as exc:  # no LISTEN (a pooler in transaction mode): poll alone
+        log.warning("job %s: waiting without events, by polling (%s)", job_id, exc)
+        events.close()
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(events), poll)
+            except TimeoutError:
+                event = None
+            except StopAsyncIteration:  # no subscription (any more): poll on
+                await asyncio.sleep(poll)
+                event = None
+            if event is not None and not event.finished:
+                continue
+            found = await app.get_job(job_id)
+            if found is None:
+                raise LookupError(f"job {job_id} was deleted while being waited for")
+            if found.state.terminal:
+                return found
+    finally:
+        events.close()

@@ -5,9 +5,12 @@ the cluster (or on one node) from any shell."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import sys
 from typing import TYPE_CHECKING, Any
 
-from kerrera.cli._render import Cell, Output
+from kerrera.cli._render import Cell, Output, cut
+from kerrera.core.errors import ConfigError
 from kerrera.core.job import UNFINISHED
 
 if TYPE_CHECKING:
@@ -17,6 +20,16 @@ ACTIONS = ("pause", "resume", "scale", "start", "stop")
 #: The report's columns (`--json` has every key of `check_all_queues` rows, plus these).
 HEAD = ("QUEUE", "NODE", "LIMIT", "RUNNING", "AVAILABLE", "SCHEDULED", "RETRYABLE", "PAUSED")
 NUMBERS = frozenset({2, 3, 4, 5, 6})
+#: Too wide for the terminal: node names give way first, then queue names.
+SQUEEZE = [(1, cut, 10), (0, cut, 10)]
+
+
+_NAMES = (
+    "The command is saved and applies to nodes that start later, so a name that no node, "
+    "queue command or job has used (most likely a typo) is refused, with close names "
+    "suggested; --force acts anyway. `start` takes a new queue name unless it is close "
+    "to a known one."
+)
 
 
 def add_parser(sub: Any, common: Any) -> None:
@@ -26,12 +39,19 @@ def add_parser(sub: Any, common: Any) -> None:
     queues.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     actions = queues.add_subparsers(dest="action", metavar="ACTION")
     for action in ACTIONS:
-        verb = actions.add_parser(action, help=f"{action} a queue on every node (or --node)")
+        verb = actions.add_parser(
+            action, help=f"{action} a queue on every node (or --node)",
+            description=f"{action.capitalize()} a queue on every node (or --node). {_NAMES}",
+        )  # fmt: skip
         common(verb, nested=True)
         verb.add_argument("queue")
         if action in ("scale", "start"):
             verb.add_argument("limit", type=int)
         verb.add_argument("--node", help="only this node")
+        verb.add_argument(
+            "--force", action="store_true",
+            help="act even on a queue (or node) that no node, command or job has used yet",
+        )  # fmt: skip
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -49,8 +69,10 @@ async def run(args: argparse.Namespace) -> int:
             elif not report:
                 out.line("no queues: no live node and no unfinished job")
             else:
-                out.table(HEAD, [_cells(r) for r in report], right=NUMBERS)
+                out.table(HEAD, [_cells(r) for r in report], right=NUMBERS, squeeze=SQUEEZE)
             return 0
+        for note in await check_names(app, args.action, args.queue, args.node, force=args.force):
+            print(f"kerrera: note: {note}", file=sys.stderr)
         call = getattr(app, f"{args.action}_queue")
         extra = (args.limit,) if args.action in ("scale", "start") else ()
         await call(args.queue, *extra, node=args.node)
@@ -59,6 +81,34 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await app.stop()
+
+
+async def check_names(
+    app: Kerrera, action: str, queue: str, node: str | None, *, force: bool
+) -> list[str]:
+    """Refuse a queue (or node) name nothing has used, most likely a typo: a command
+    for it would be persisted and wait, unnoticed, for a node of that name. Close names
+    are suggested; `--force` goes ahead. `start` may name a new queue (that is how one is
+    started everywhere), so it is refused only when the name is close to a known one.
+    Returns notes to print (what `--force` let through)."""
+    names = await app.known_names()
+    notes = []
+    for kind, name, known in (("queue", queue, names["queue"]), ("node", node, names["node"])):
+        if name is None or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        unseen = (
+            f"no node runs queue {name!r} and no job or queue command has used it{hint}"
+            if kind == "queue" else f"no live node is named {name!r}{hint}"
+        )  # fmt: skip
+        if force:
+            notes.append(f"{unseen}; --force: {action} saved for when it appears")
+        elif kind == "queue" and action == "start" and not close:
+            notes.append(f"queue {name!r} is new: starting it on every node that hears this")
+        else:
+            raise ConfigError(f"queues {action}: {unseen}; add --force to {action} it anyway")
+    return notes
 
 
 async def queue_report(app: Kerrera, *, fresh: float = 1.0) -> list[dict[str, Any]]:

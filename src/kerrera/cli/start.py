@@ -13,29 +13,64 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
+import traceback
 from typing import Any
 
 from kerrera import telemetry
 from kerrera.app.facade import Kerrera
-from kerrera.core.errors import ConfigError
+from kerrera.core.errors import ConfigError, KerreraError
+from kerrera.core.options import check_queue
+from kerrera.engine.embedded import abandon, embedded_folder, folder_lost
 
 log = logging.getLogger("kerrera.cli")
+#: Seconds between checks that the embedded database's folder is still there.
+FOLDER_CHECK = 1.0
 
 
 def parse_queues(text: str) -> dict[str, int]:
-    """`default:10,media:2` -> {"default": 10, "media": 2} (a bare name gets limit 10)."""
+    """`default:10,media:2` -> {"default": 10, "media": 2}.
+
+    A bare name keeps the default limit of 10 (`default` -> {"default": 10}), except one
+    that ends in digits (`default10`): that is almost always a forgotten colon, so it is
+    refused with the reading it probably meant (write `v2:10` for a queue named `v2`).
+    Empty names, limits below 1 and a queue named twice are refused too. An empty text
+    means no queues (a node that only runs the cluster's services).
+    """
     queues: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, limit = part.partition(":")
-        try:
-            queues[name.strip()] = int(limit) if limit else 10
-        except ValueError:
-            raise ConfigError(
-                f"option '--queues': bad limit in {part!r} (use name:limit)"
-            ) from None
+    if not text.strip():
+        return queues
+    for part in (p.strip() for p in text.split(",")):
+        name, colon, limit = (s.strip() for s in part.partition(":"))
+        if not name:
+            what = "an empty queue name" if part else "an empty entry"
+            raise ConfigError(f"option '--queues': {what} in {text!r} (use name:limit,...)")
+        if name in queues:
+            raise ConfigError(f"option '--queues': queue {name!r} is named twice in {text!r}")
+        queues[check_queue(name, "--queues")] = _queue_limit(part, name, colon, limit)
     return queues
+
+
+def _queue_limit(part: str, name: str, colon: str, limit: str) -> int:
+    if not colon:
+        glued = re.fullmatch(r"(.*\D)(\d+)", name)
+        if glued:
+            raise ConfigError(
+                f"option '--queues': {part!r} has no ':' before its limit; did you mean "
+                f"'{glued[1]}:{glued[2]}'? (for a queue named {name!r}, write '{name}:10')"
+            )
+        return 10
+    try:
+        value = int(limit)
+    except ValueError:
+        raise ConfigError(
+            f"option '--queues': bad limit in {part!r} (use name:limit, e.g. {name}:10)"
+        ) from None
+    if value < 1:
+        raise ConfigError(f"option '--queues': the limit of {name!r} must be >= 1, got {value}")
+    return value
 
 
 def parse_cron(text: str) -> tuple[str, str]:
@@ -140,6 +175,13 @@ def _leader_options(parser: argparse.ArgumentParser) -> None:
 
 def _observability_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="level of Kerrera's log lines (info: one per finished job; warning: failed "
+        "and cancelled jobs only; error: discarded jobs only)",
+    )
+    parser.add_argument(
         "--log-events",
         action="store_true",
         help="log each job outcome and service run as one JSON object per line (stderr)",
@@ -161,7 +203,7 @@ async def run(args: argparse.Namespace) -> int:
     """Carry out `kerrera start ...`: build the node, run it until signalled."""
     sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current project
     for module in args.module:
-        importlib.import_module(module)
+        import_module(module)
     app = Kerrera(
         args.dsn, queues=parse_queues(args.queues), prefix=args.prefix, node=args.node,
         migrate=not args.no_migrate, shutdown_grace_period=args.shutdown_grace_period,
@@ -181,12 +223,61 @@ async def run(args: argparse.Namespace) -> int:
         except ImportError as exc:  # the optional extra is missing: say so in one line
             raise ConfigError(f"option '--metrics-port': {exc}") from None
         metrics = serve(app, args.metrics_port, addr=args.metrics_addr)
+    lost: list[str] = []
+    abort = asyncio.Event()
+    guard = asyncio.create_task(_guard_data_folder(app, abort, lost))
     try:
-        await run_until_signalled(app)
+        await run_until_signalled(app, abort=abort)
     finally:
+        guard.cancel()
         if metrics is not None:
             metrics.close()
+    if lost:
+        raise KerreraError(lost[0])
     return 0
+
+
+async def _guard_data_folder(app: Kerrera, abort: asyncio.Event, lost: list[str]) -> None:
+    """On the embedded database: stop the node if its data folder is deleted. Its server
+    goes with the folder (PostgreSQL ends once its lock file is gone), and the node would
+    otherwise retry connections forever, or reach a new, empty server started there."""
+    try:
+        pgdata = embedded_folder(await asyncio.to_thread(lambda: app.dsn))
+    except Exception:  # starting the node fails with the same error, and says it
+        return
+    if pgdata is None:
+        return
+    while not folder_lost(pgdata):
+        await asyncio.sleep(FOLDER_CHECK)
+    lost.append(
+        f"the embedded database's folder {pgdata} was deleted while this node used it, "
+        "with the jobs in it; start again to create a new, empty one"
+    )
+    log.error("%s: stopping", lost[0])
+    abandon(pgdata)
+    abort.set()
+
+
+def import_module(name: str) -> None:
+    """Import a `--module`; any failure is one line naming the module and the error
+    (its traceback is logged at DEBUG: `kerrera -vv start ...`)."""
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        log.debug("importing %s failed", name, exc_info=True)
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing and (name == missing or name.startswith(f"{missing}.")):
+            where = f"the current directory ({os.getcwd()}) and sys.path"
+            raise ConfigError(f"option '--module': no module {missing!r} in {where}") from None
+        frames = traceback.extract_tb(exc.__traceback__)
+        mine = [f for f in frames if "importlib" not in f.filename]
+        at = f" (at {mine[-1].filename}:{mine[-1].lineno})" if mine else ""
+        if isinstance(exc, SyntaxError) and exc.filename:
+            at = f" (at {exc.filename}:{exc.lineno})"
+            what = f"SyntaxError: {exc.msg}"
+        else:
+            what = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        raise ConfigError(f"option '--module': importing {name!r} failed: {what}{at}") from None
 
 
 def _log_events() -> None:
@@ -200,9 +291,10 @@ def _log_events() -> None:
     telemetry.attach_default_logger(logging.INFO)
 
 
-async def run_until_signalled(app: Kerrera) -> None:
+async def run_until_signalled(app: Kerrera, *, abort: asyncio.Event | None = None) -> None:
     """Run `app` until SIGTERM/SIGINT: the first drains (grace period), a second one
-    ends at once (running jobs are put back to available without waiting)."""
+    ends at once (running jobs are put back to available without waiting). `abort`, when
+    set, stops it at once too (the database is gone: there is nothing to drain into)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals: list[int] = []
@@ -225,7 +317,10 @@ async def run_until_signalled(app: Kerrera) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
     await app.start()
     say(f"kerrera: node {app.node} running queues {dict(app.config.queues)}")
+    aborting = None if abort is None else asyncio.create_task(_aborted(abort, stop, hurry))
     await stop.wait()
+    if aborting is not None:
+        aborting.cancel()
     stopping = asyncio.create_task(app.stop(exiting=True))  # the process exits after it
     hurried = asyncio.create_task(hurry.wait())
     done, _ = await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
@@ -234,6 +329,12 @@ async def run_until_signalled(app: Kerrera) -> None:
         await stopping
     hurried.cancel()
     say("kerrera: stopped")
+
+
+async def _aborted(abort: asyncio.Event, stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    await abort.wait()
+    hurry.set()
+    stop.set()
 
 
 def say(line: str) -> None:

@@ -1,4 +1,4 @@
-"""`kerrera top`: a live view of queues and throughput."""
+"""`kerrera top`: a live view of queues, throughput and running jobs with their progress."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import contextlib
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from kerrera.cli._render import Cell, Output, rich_table
+from kerrera.cli._render import Cell, Output, cut, fit, rich_table, shorten_worker
 from kerrera.cli._signals import on_interrupt
 from kerrera.cli.queues import queue_report
 from kerrera.core.errors import ConfigError
+from kerrera.core.job import Job
 
 if TYPE_CHECKING:
     from kerrera.app.facade import Kerrera
@@ -29,16 +30,25 @@ Rates = dict[str, tuple[float, float]]
 
 #: Producer outcomes counted as failures (`counts` in the heartbeats).
 FAILED = ("retryable", "discarded")
+# Short headings: the table fits 80 columns with queue names of up to 14 characters.
 HEAD = (
-    "QUEUE", "NODES", "LIMIT", "RUNNING", "AVAILABLE", "SCHEDULED", "RETRYABLE", "PAUSED",
-    "DONE/S", "FAILED/S",
+    "QUEUE", "NODES", "LIMIT", "RUNNING", "AVAIL", "SCHED", "RETRY", "PAUSED", "DONE/S",
+    "FAILED/S",
 )  # fmt: skip
+#: Too wide: long queue names give way.
+SQUEEZE = [(0, cut, 8)]
 NUMBERS = frozenset({1, 2, 3, 4, 5, 6, 8, 9})
+#: The running jobs' table, under the queues'.
+JOB_HEAD = ("ID", "QUEUE", "WORKER", "RUN", "FOR", "PROGRESS")
+#: Too wide: the progress message gives way first, then the worker's module path.
+JOB_SQUEEZE = [(5, cut, 12), (2, shorten_worker, 0), (1, cut, 8), (5, cut, 4)]
+#: One refresh: the queue report, the rates (None without a baseline), running jobs.
+Snapshot = tuple[list[dict[str, Any]], "Rates | None", list[Job]]
 
 
 def add_parser(sub: Any, common: Any) -> None:
     """Register `kerrera top`."""
-    parser = sub.add_parser("top", help="a live view of queues and throughput")
+    parser = sub.add_parser("top", help="a live view of queues, throughput and running jobs")
     common(parser)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (1)")
     parser.add_argument(
@@ -47,6 +57,10 @@ def add_parser(sub: Any, common: Any) -> None:
         help="print one snapshot (throughput measured over one interval) and exit",
     )
     parser.add_argument("--iterations", type=int, metavar="N", help="exit after N refreshes")
+    parser.add_argument(
+        "--jobs", type=int, default=10, metavar="N",
+        help="show up to N running jobs with their progress (10; 0: none)",
+    )  # fmt: skip
 
 
 @dataclass
@@ -128,6 +142,10 @@ def summarise(report: list[dict[str, Any]], rates: Rates | None) -> list[list[Ce
     return rows
 
 
+def _many(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _total(nodes: list[dict[str, Any]], key: str) -> str:
     return str(sum(r.get(key) or 0 for r in nodes)) if nodes else "-"
 
@@ -137,11 +155,11 @@ def headline(report: list[dict[str, Any]], rates: Rates | None) -> str:
     nodes = {r["node"] for r in report if r["node"] is not None}
     queues = {r["queue"] for r in report}
     stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
-    line = f"kerrera top  {stamp}  {len(nodes)} node(s), {len(queues)} queue(s)"
-    if rates is not None:
+    line = f"kerrera top  {stamp}  {_many(len(nodes), 'node')}, {_many(len(queues), 'queue')}"
+    if rates is not None:  # (the line fits 80 columns up to 99,999 jobs/s)
         done = sum(r[0] for r in rates.values())
         failed = sum(r[1] for r in rates.values())
-        line += f"  {done:.1f} jobs/s done, {failed:.1f} jobs/s failed"
+        line += f"  {done:.1f} jobs/s done, {failed:.1f} failed"
     return line
 
 
@@ -153,6 +171,8 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"option '--interval' must be > 0 seconds, got {args.interval}")
     if args.iterations is not None and args.iterations < 1:
         raise ConfigError(f"option '--iterations' must be >= 1, got {args.iterations}")
+    if not 0 <= args.jobs <= 1000:
+        raise ConfigError(f"option '--jobs' must be from 0 to 1000, got {args.jobs}")
     stop = asyncio.Event()
     with on_interrupt(stop.set):  # Ctrl-C or SIGTERM: the view ends cleanly, exit 0
         # Never migrate from here: a mistyped --prefix should fail, not create a schema.
@@ -170,9 +190,10 @@ async def _watch(app: Kerrera, args: argparse.Namespace, out: Output, stop: asyn
     # every refresh up for long.
     fresh = min(0.5, args.interval / 2)
 
-    async def sample() -> tuple[list[dict[str, Any]], Rates | None]:
+    async def sample() -> Snapshot:
         report = await queue_report(app, fresh=fresh)
-        return report, meter.update(report, time.monotonic())
+        running = await app.list_jobs(state="executing", limit=args.jobs) if args.jobs else []
+        return report, meter.update(report, time.monotonic()), running
 
     first = await _unless(stop, sample())
     if first is None:
@@ -190,7 +211,7 @@ async def _watch(app: Kerrera, args: argparse.Namespace, out: Output, stop: asyn
         snapshot = first
         while True:
             if live is not None:
-                live.update(_frame(*snapshot), refresh=True)
+                live.update(_frame(out.width, *snapshot), refresh=True)
             else:
                 _print(out, *snapshot)
             shown += 1
@@ -204,17 +225,63 @@ async def _watch(app: Kerrera, args: argparse.Namespace, out: Output, stop: asyn
             snapshot = got
 
 
-def _frame(report: list[dict[str, Any]], rates: Rates | None) -> Group:
-    table = rich_table(HEAD, summarise(report, rates), right=NUMBERS)
-    hint = Text("Ctrl-C to quit", style="dim")
-    return Group(Text(headline(report, rates), style="bold"), table, hint)
+def _frame(
+    width: int, report: list[dict[str, Any]], rates: Rates | None, running: list[Job]
+) -> Group:
+    queues = fit(HEAD, summarise(report, rates), width, SQUEEZE)
+    parts: list[Any] = [
+        Text(headline(report, rates), style="bold"),
+        rich_table(HEAD, queues, right=NUMBERS),
+    ]
+    if running:
+        rows = fit(JOB_HEAD, job_rows(running), width, JOB_SQUEEZE)
+        parts += [Text(f"running jobs ({len(running)} newest)", style="bold"),
+                  rich_table(JOB_HEAD, rows, right={0, 3, 4})]  # fmt: skip
+    parts.append(Text("Ctrl-C to quit", style="dim"))
+    return Group(*parts)
 
 
-def _print(out: Output, report: list[dict[str, Any]], rates: Rates | None) -> None:
+def _print(
+    out: Output, report: list[dict[str, Any]], rates: Rates | None, running: list[Job]
+) -> None:
     out.line(headline(report, rates), style="bold")
-    out.table(HEAD, summarise(report, rates), right=NUMBERS)
+    out.table(HEAD, summarise(report, rates), right=NUMBERS, squeeze=SQUEEZE)
+    if running:
+        out.line()
+        out.line(f"running jobs ({len(running)} newest)", style="bold")
+        out.table(JOB_HEAD, job_rows(running), right={0, 3, 4}, squeeze=JOB_SQUEEZE)
     out.line()
     out.stream.flush()
+
+
+def job_rows(running: list[Job], now: datetime | None = None) -> list[list[Cell]]:
+    """One row per running job: id, queue, worker, run number, how long it has run,
+    and its latest progress (`42% encoding`, '-' before any report)."""
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    return [
+        [str(job.id), job.queue, job.worker, str(job.attempt),
+         _took(now - job.attempted_at) if job.attempted_at else "-", progress_text(job)]
+        for job in running
+    ]  # fmt: skip
+
+
+def progress_text(job: Job) -> str:
+    """A job's last progress report in a few words: `42% encoding stems`."""
+    entry = job.meta.get("progress") if isinstance(job.meta, dict) else None
+    if not isinstance(entry, dict):
+        return "-"
+    percent, message = entry.get("percent"), entry.get("message")
+    words = [f"{percent:.0f}%" if isinstance(percent, int | float) else "", str(message or "")]
+    return " ".join(w for w in words if w) or "-"
+
+
+def _took(elapsed: timedelta) -> str:
+    seconds = max(int(elapsed.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> bool:

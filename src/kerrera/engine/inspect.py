@@ -74,3 +74,13 @@ def count_matching(where: JobFilter, upto_id: int) -> Steps[int]:
     params.update(upto=upto_id)
     rows = yield from one("count_matching", params)
     return int(rows[0][0]) if rows else 0
+
+
+def known_names() -> Steps[dict[str, list[str]]]:
+    """{"queue": [...], "node": [...]}: every queue a node, a queue command or a job has
+    used, and every node with a producer (live, or not yet expired), sorted."""
+    rows = yield from one("known_names", {})
+    names: dict[str, list[str]] = {"queue": [], "node": []}
+    for kind, name in rows:
+        names[str(kind)].append(str(name))
+    return names

@@ -32,6 +32,7 @@ from kerrera.telemetry.bus import (
     handlers,
     timed,
 )
+from kerrera.telemetry.joblog import start_job_log, stop_job_log
 
 __all__ = [
     "DEFAULT_EVENTS",
@@ -46,5 +47,7 @@ __all__ = [
     "execute",
     "format_event",
     "handlers",
+    "start_job_log",
+    "stop_job_log",
     "timed",
 ]

@@ -28,6 +28,16 @@ DEFAULT_EVENTS = (
     "notifier.switch",
     "queue.shutdown",
 )
+# Service runs that found nothing to do are logged at DEBUG: the stager runs every second,
+# and a line per idle run would bury the lines that matter.
+_QUIET = {
+    "stager": ("count",),
+    "pruner": ("count",),
+    "cron": ("count",),
+    "reindexer": ("count",),
+    "lifeline": ("rescued", "expired"),
+    "leader.election": (),  # periodic; a change of leader is logged by `kerrera.leader`
+}
 # Metadata copied as they are when present (the job itself is flattened below).
 _PLAIN = ("queue", "node", "state", "kind", "up", "leader", "count", "released")
 
@@ -43,7 +53,9 @@ def attach_default_logger(
     A job event carries `id`, `worker`, `queue`, `attempt`, `state`, `duration` and
     `queue_time` (seconds); `job.exception` adds `error` and the last traceback line.
     `level` is a logging level (name or number); `events` defaults to job outcomes and
-    service runs. Failures are logged at WARNING at least, whatever `level` says.
+    service runs. Failures are logged at WARNING at least, whatever `level` says; a
+    service run that found nothing to do (a stager with nothing due, a periodic
+    election) at DEBUG.
 
     Example:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -57,7 +69,12 @@ def attach_default_logger(
 
     def handle(event: str, measurements: dict[str, Any], metadata: dict[str, Any]) -> None:
         failed = event == "job.exception" or metadata.get("error") is not None
-        at = max(number, logging.WARNING) if failed else number
+        if failed:
+            at = max(number, logging.WARNING)
+        elif event in _QUIET and not any(measurements.get(key) for key in _QUIET[event]):
+            at = logging.DEBUG
+        else:
+            at = number
         if out.isEnabledFor(at):
             out.log(at, "%s", format_event(event, measurements, metadata))
 

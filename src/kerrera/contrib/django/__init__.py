@@ -1,5 +1,7 @@
-"""Kerrera for Django: settings, inserting jobs inside `transaction.atomic()`, and
-`manage.py kerrera migrate|start`.
+"""Kerrera for Django: settings, inserting jobs inside `transaction.atomic()`,
+`manage.py kerrera migrate|start`, a jobs admin (`kerrera.contrib.django.admin`, with
+`django.contrib.admin` installed) and a backend of Django 6's Tasks framework
+(`kerrera.contrib.django.tasks.KerreraBackend`).
 
 Add `"kerrera.contrib.django"` to `INSTALLED_APPS` and, optionally, a `KERRERA` dict of
 Kerrera options to settings (the database defaults to `DATABASES["default"]`). Jobs are

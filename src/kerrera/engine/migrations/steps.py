@@ -164,6 +164,12 @@ def _build_concurrently(cur: Any, p: str, name: str, definition: str) -> None:
     row = cur.fetchone()
     if row is not None and not row[0]:
         cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {p}.{name}")
+    cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {p}.oban_jobs)")
+    if cur.fetchone()[0]:
+        # An empty table (a first install) is indexed at once, not concurrently: a
+        # concurrent build waits for every transaction open on the server, among them
+        # the caller's own when the first insert inside a transaction migrates.
+        definition = definition.replace("INDEX CONCURRENTLY", "INDEX")
     cur.execute(f"CREATE {definition.format(name=f'IF NOT EXISTS {name}', p=p)}")
 
 

@@ -45,3 +45,24 @@ WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::{prefix}.ob
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
   AND (%(workers)s::text[] IS NULL OR worker = ANY(%(workers)s::text[]))
   AND id <= %(upto)s::bigint;
+
+-- name: known_names
+-- Every queue a node, a queue command or a job has used ('queue', name), and every node
+-- with a live (or not yet expired) producer ('node', name): to tell a typo from a name. The jobs' queues
+-- are read by skipping along the index that starts (state, queue): one index probe per
+-- (state, queue) pair, so a table of millions costs a few dozen probes, never a scan.
+WITH RECURSIVE seen AS (
+  (SELECT state, queue FROM {prefix}.oban_jobs ORDER BY state, queue LIMIT 1)
+  UNION ALL
+  SELECT later.state, later.queue FROM seen, LATERAL (
+    SELECT j.state, j.queue FROM {prefix}.oban_jobs j
+    WHERE (j.state, j.queue) > (seen.state, seen.queue)
+    ORDER BY j.state, j.queue
+    LIMIT 1
+  ) later
+)
+SELECT 'queue', queue FROM seen
+UNION SELECT 'queue', queue FROM {prefix}.kerrera_producers
+UNION SELECT 'queue', queue FROM {prefix}.kerrera_queues
+UNION SELECT 'node', node FROM {prefix}.kerrera_producers
+ORDER BY 1, 2;
