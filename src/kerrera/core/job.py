@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kerrera.core.unique import Unique
+    from kerrera.core.workflow import WorkflowStep
 
 
 class ProgressSink(Protocol):
@@ -97,6 +98,14 @@ class Job:
         """The uuid of the producer running this attempt (`attempted_by[2]`), if any."""
         by = self.attempted_by
         return by[1] if by is not None and len(by) > 1 else None
+
+    @property
+    def workflow(self) -> WorkflowStep | None:
+        """This job's place in a workflow (None for a job outside any): its ids and
+        names, and `await job.workflow.context()`, `.results()`, `.graft(jobs)`."""
+        from kerrera.core.workflow import step_of  # (workflow.py builds on this module)
+
+        return step_of(self)
 
     def cancelled(self) -> bool:
         """True once this running job was cancelled (`cancel_job`, from any node). A sync

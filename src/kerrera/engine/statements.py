@@ -226,9 +226,18 @@ def split_due(jobs: Sequence[Job]) -> tuple[list[int], list[int], list[int]]:
     for i, job in enumerate(jobs):
         if job.unique is not None:
             unique.append(i)
+        elif job.scheduled_at is not None or job.schedule_in:
+            later.append(i)
+        elif job.meta and not _COMPOSED.isdisjoint(job.meta):
+            # a trigger may decide its state (a chain link waits): the INSERT reads it back
+            later.append(i)
         else:
-            (later if job.scheduled_at is not None or job.schedule_in else now).append(i)
+            now.append(i)
     return now, later, unique
+
+
+#: Meta keys of jobs that belong to a workflow, batch or chain (see the migrations).
+_COMPOSED = frozenset({"workflow_id", "batch_id", "chain_id"})
 
 
 def copy_rows(ids: list[int], jobs: list[Job]) -> list[tuple[Any, ...]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from kerrera.core import codec
 from kerrera.core.backoff import default_backoff
+from kerrera.core.chunk import ChunkResult, ChunkWorker
 from kerrera.core.errors import JobTimeoutError, UnknownWorkerError
 from kerrera.core.job import Job
 from kerrera.core.outcomes import Cancel, CancelJob, Record, Snooze, SnoozeJob
@@ -95,11 +96,14 @@ class Executor:
     ) -> Any:  # fmt: skip
         limit = worker.timeout(job)
         if worker.is_async:
+            # A chunk worker run here, alone (inline mode, perform_job), gets a chunk of
+            # one; on a node its jobs go through queue/chunks.py instead.
+            arg: Any = [job] if isinstance(worker, ChunkWorker) else job
             if limit is None:
-                return await worker.process(job)  # type: ignore[misc]
+                return await worker.process(arg)  # type: ignore[misc]
             try:
                 async with asyncio.timeout(limit):
-                    return await worker.process(job)  # type: ignore[misc]
+                    return await worker.process(arg)  # type: ignore[misc]
             except TimeoutError:
                 raise JobTimeoutError(f"job {job.id} exceeded its timeout of {limit}s") from None
         started, future, finished = self.threads.run(worker.process, job)
@@ -124,6 +128,12 @@ class Executor:
 
 def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:
     """Map a worker's return value to an ack."""
+    if isinstance(result, ChunkResult):  # a chunk worker's, run as a chunk of one
+        try:
+            result.check([job.id])  # type: ignore[list-item]
+        except ValueError as exc:  # it names other jobs: an invalid return value
+            return failure(job, worker, exc, with_traceback=False)
+        return chunk_outcome(job, worker, result)
     if isinstance(result, Snooze):
         return snoozed(job, result.seconds)
     if isinstance(result, Cancel):
@@ -144,6 +154,26 @@ def outcome(job: Job, worker: Worker, result: Any) -> dict[str, Any] | None:
             "meta": {"recorded": True, "return": result.value},
         }
     return None  # any other value: completed, the value is not kept
+
+
+def chunk_outcome(job: Job, worker: Worker, result: ChunkResult) -> dict[str, Any] | None:
+    """The ack of one job of a chunk whose `process` returned `result` (checked to name
+    only jobs of the chunk): the outcome it names for the job, else completed."""
+    job_id = job.id or 0
+    if job_id in result.failed:
+        error = result.failed[job_id]
+        if isinstance(error, str):
+            return failure(job, worker, ChunkJobError(error), with_traceback=False)
+        return failure(job, worker, error, with_traceback=error.__traceback__ is not None)
+    if job_id in result.snoozed:
+        return snoozed(job, result.snoozed[job_id])
+    if job_id in result.cancelled:
+        return cancelled(job, result.cancelled[job_id])
+    return None
+
+
+class ChunkJobError(Exception):
+    """A job of a chunk failed with a message (`ChunkResult(failed={id: "why"})`)."""
 
 
 def snoozed(job: Job, seconds: float) -> dict[str, Any]:

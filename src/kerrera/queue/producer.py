@@ -25,6 +25,7 @@ from kerrera.core.backoff import reconnect_backoff
 from kerrera.core.job import Job, RunningJob
 from kerrera.engine.base import AckBatch, Engine
 from kerrera.engine.errors import is_transient
+from kerrera.queue.chunks import Chunks
 from kerrera.queue.executor import Executor, cancelled, unwritable
 from kerrera.queue.ledger import RELEASE, Held, Ledger, Outcome, Phase
 from kerrera.queue.observed import outcome_state
@@ -115,6 +116,12 @@ class Producer:
         self._left_ids: list[int] = []
         # Publishes job starts and outcomes while someone subscribes (None: never).
         self._events = events
+        # Chunk workers' jobs are collected into chunks there (see chunks.py); a chunk
+        # takes one slot however many jobs it holds.
+        self._chunks = Chunks(
+            queue, ledger=self.ledger, executor=executor, running=self.running,
+            end=self._end, freed=self._freed,
+        )  # fmt: skip
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> None:
@@ -126,6 +133,7 @@ class Producer:
     def wake(self) -> None:
         """Jobs may be available (an insert notification or a staged batch)."""
         self._jobs_waiting = True
+        self._chunks.wake()  # filling chunks look for more of their kind too
         self._wakes += 1  # a fetch in flight must not forget this wake-up
         self._wake.set()
 
@@ -152,6 +160,8 @@ class Producer:
         """Cancel a running job whose row was already marked cancelled. An async job's
         task is cancelled; a sync job cannot be interrupted, so its `job.cancelled()`
         turns true for it to check, and its result is ignored."""
+        if self._chunks.kill(job_id):  # a chunk job: its chunk runs on (see chunks.py)
+            return True
         entry = self.running.get(job_id)
         if entry is None:
             return False
@@ -179,6 +189,7 @@ class Producer:
         the daemon threads with it)."""
         self._stopping = True
         self._threads_at_stop = threads
+        self._chunks.close()  # chunks still filling have not started: put them back
         self._wake.set()
         task = self._task
         if task is None:
@@ -262,6 +273,7 @@ class Producer:
         a fetch in flight brings back. With `abandon_threads`, jobs whose sync thread
         runs on are put back at once too (the process is about to exit)."""
         self._releasing = True
+        self._chunks.close()  # (running chunks are in `running`, cancelled below)
         if abandon_threads:
             self._threads_at_stop = Threads.ABANDON
             self.ledger.abandon_threads()
@@ -301,6 +313,7 @@ class Producer:
                         await self._wake.wait()
                 except TimeoutError:
                     self._jobs_waiting = True  # the poll tick: look without a notification
+                    self._chunks.wake()
             self._wake.clear()
             if self._cycle_task is not None:
                 continue  # the cycle in flight wakes us when it ends
@@ -310,7 +323,7 @@ class Producer:
                 return
             demand = self._demand()
             due = self.ledger.due(time.monotonic())
-            if demand == 0 and not self.ledger.has_ready and not due:
+            if demand == 0 and not self.ledger.has_ready and not due and not self._tops_up():
                 continue
             acks, taken = self.ledger.take(self.uuid)
             notes, self._notes = self._notes, []
@@ -324,10 +337,14 @@ class Producer:
             return self.poll_interval
         return max(0.0, min(self.poll_interval, retry - time.monotonic()))
 
+    def _tops_up(self) -> bool:
+        """Whether a filling chunk wants more of its kind on this round trip."""
+        return self._chunks.hungry and not self.paused and not self._stopping
+
     def _demand(self) -> int:
         if self.paused or self._stopping or not self._jobs_waiting:
             return 0
-        busy = self.ledger.busy
+        busy = self.busy
         if self._predecessors:
             self._predecessors = [p for p in self._predecessors if p.busy]  # drained: forget
             busy += sum(p.busy for p in self._predecessors)
@@ -335,8 +352,9 @@ class Producer:
 
     @property
     def busy(self) -> int:
-        """Slots taken on this node: running jobs and threads still finishing."""
-        return self.ledger.busy
+        """Slots taken on this node: running jobs and threads still finishing (a chunk
+        takes one slot: its other jobs, `extra`, are held but take none)."""
+        return self.ledger.busy - self._chunks.extra
 
     def _freed(self) -> None:
         self._wake.set()
@@ -376,7 +394,8 @@ class Producer:
                         reclaimed,
                     )
             began = time.perf_counter() if telemetry.active("producer.fetch") else 0.0
-            jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
+            if demand or acks or not self._tops_up():  # (a trip only for a chunk skips it)
+                jobs = await self._engine.fetch_jobs(self.queue, demand, acks, self.node, self.uuid)
             self.ledger.written(taken)
             self._failures = 0
             if began:
@@ -385,6 +404,8 @@ class Producer:
             if notes or (jobs and self._watching):
                 # Before the jobs start, so a subscriber hears `started` before progress.
                 await self._events.publish(self.queue, self.node, notes, jobs)  # type: ignore[union-attr]
+            if self._tops_up():  # filling chunks claim more of their kind (chunks.py)
+                await self._top_up_chunks()
             if demand and self._wakes == wakes:  # no wake-up arrived meanwhile
                 self._jobs_waiting = len(jobs) >= demand
         except Exception as exc:  # the database is away, or refuses an ack
@@ -408,12 +429,21 @@ class Producer:
                 self._dispatch(job)
             self._wake.set()
 
+    async def _top_up_chunks(self) -> None:
+        topped = await self._chunks.top_up(self._engine, self.node, self.uuid)
+        if topped is None:
+            self._failures = 1  # a lost reply may have claimed jobs: reclaim next trip
+        elif topped and self._watching:
+            await self._events.publish(self.queue, self.node, [], topped)  # type: ignore[union-attr]
+
     def _dispatch(self, job: RunningJob) -> None:
         entry = self.ledger.start(job.id, job.attempt)
         if self._releasing:  # shutdown gave up waiting: put it straight back
             # (no task: one cancelled before its first step would never run its
             # clean-up, and the job would stay executing)
             self._end(job, entry, RELEASE)
+            return
+        if self._chunks.accept(job, entry):  # a chunk worker's job joins a chunk
             return
         job_task = asyncio.create_task(self._execute(job, entry))
         self.running[job.id] = (job, job_task)
