@@ -10,10 +10,13 @@ from typing import Any, overload
 
 import psycopg
 
-from kerrera.app.inspect import InspectMixin
+from kerrera.app.compose import ComposeMixin
+from kerrera.app.inspect import InspectMixin, wait_target, wait_until_finished
 from kerrera.app.node import STEP_LIMIT, Node, bounded
 from kerrera.app.sync import SyncKerrera
+from kerrera.app.workflows import WorkflowHandle, check_workflow_mode
 from kerrera.core import codec
+from kerrera.core.batch import Batch
 from kerrera.core.config import Config
 from kerrera.core.context import CURRENT_APP, set_last_started
 from kerrera.core.errors import ConfigError
@@ -21,6 +24,8 @@ from kerrera.core.ids import as_ids, one_or_many
 from kerrera.core.job import Job
 from kerrera.core.modes import current_mode
 from kerrera.core.options import check_jobs, check_queue
+from kerrera.core.worker import check_main_workers
+from kerrera.core.workflow import Workflow
 from kerrera.engine.embedded import resolve_dsn
 from kerrera.engine.postgres import PostgresEngine
 from kerrera.engine.schema import check_schema, migrate_sync
@@ -36,7 +41,7 @@ from kerrera.queue.inline import Runner
 log = logging.getLogger("kerrera")
 
 
-class Kerrera(InspectMixin):
+class Kerrera(InspectMixin, ComposeMixin):
     """A Kerrera instance: inserts jobs and, when it has queues, runs them.
 
     Options (all keyword, validated here; an unknown one is an error that suggests the
@@ -77,6 +82,8 @@ class Kerrera(InspectMixin):
       reindex_schedule ("@daily", UTC): when to rebuild the jobs indexes; None: never.
       progress_interval (0.25 s): a running job's `progress()` is written and published
         at most this often (the latest report always lands); 0 writes every report.
+      stats_interval (5 s): each node writes its finished jobs' per-minute statistics
+        (the dashboard's charts) this often; None: none are kept.
       testing (None): "inline" runs every inserted job at once in the caller, "manual"
         only inserts; either way no queues or services run (see `kerrera.testing`).
 
@@ -116,6 +123,7 @@ class Kerrera(InspectMixin):
         prune_limit: int = 10_000,
         reindex_schedule: str | None = "@daily",
         progress_interval: float = 0.25,
+        stats_interval: float | None = 5.0,
         testing: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -132,7 +140,7 @@ class Kerrera(InspectMixin):
             crontab=crontab or (), cron_catch_up=cron_catch_up, prune_max_age=prune_max_age,
             prune_interval=prune_interval, prune_limit=prune_limit,
             reindex_schedule=reindex_schedule, progress_interval=progress_interval,
-            testing=testing,
+            stats_interval=stats_interval, testing=testing,
         )  # fmt: skip
         self.node = self.config.node
         self.producers: dict[str, Producer] = {}
@@ -280,20 +288,45 @@ class Kerrera(InspectMixin):
         await self.stop()
 
     # -- inserting ------------------------------------------------------------------------
-    async def insert(self, job: Job, *, conn: psycopg.AsyncConnection[Any] | None = None) -> Job:
-        """Insert one job; on `conn`, it commits or rolls back with the caller's transaction.
+    @overload
+    async def insert(
+        self, job: Job, *, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> Job: ...
+    @overload
+    async def insert(
+        self, job: Workflow | Batch, *, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> list[Job]: ...
+    async def insert(
+        self, job: Job | Workflow | Batch, *, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> Job | list[Job]:
+        """Insert one job, or a whole `Workflow` or `Batch` (its jobs come back in order); on
+        `conn`, it commits or rolls back with the caller's transaction.
 
         Example: `job = await app.insert(Mailer.new({"to": "a@b.c"}), conn=conn)`.
         """
+        if isinstance(job, Workflow | Batch):
+            return await self.insert_all(job, conn=conn)
         return (await self.insert_all([job], conn=conn))[0]
 
     async def insert_all(
-        self, jobs: Iterable[Job], *, conn: psycopg.AsyncConnection[Any] | None = None
-    ) -> list[Job]:
-        """Insert many jobs, one statement per batch of 5,000; returns them saved, in order."""
+        self, jobs: Iterable[Job] | Workflow | Batch, *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[Job]:  # fmt: skip
+        """Insert many jobs, one statement per batch of 5,000; returns them saved, in order.
+        A `Workflow` goes in one statement (its steps, in the order they were added)."""
+        if isinstance(jobs, Batch):  # its row and its jobs, in one transaction
+            return await self.insert_batch(jobs, conn=conn)
+        if isinstance(jobs, Workflow):
+            check_workflow_mode(self.testing_mode)
+            plan = jobs.plan()
+            if self.testing_mode is None:
+                check_main_workers(plan.jobs, self.config.queues)
+            return await (await self._open()).insert_workflow(plan, conn)
         batch = check_jobs(jobs)
         if not batch:
             return []
+        if self.testing_mode is None:  # a testing mode runs the jobs in this process
+            check_main_workers(batch, self.config.queues)
         engine = await self._open()
         if self.testing_mode == "inline":
             return await self._runner().insert_inline(batch, conn)
@@ -301,6 +334,18 @@ class Kerrera(InspectMixin):
             return await engine.insert_jobs(batch, conn)
         with observe_insert(batch) as done:
             return done(await engine.insert_jobs(batch, conn))
+
+    def workflow(self, workflow_id: str) -> WorkflowHandle:
+        """A workflow by id: `status()`, `jobs()`, `results()`, `wait()`, `cancel()`,
+        `retry()`.
+
+        Example: `status = await app.workflow(wf.id).wait(timeout=60)`.
+        """
+        return WorkflowHandle(self._open, workflow_id)
+
+    async def workflows(self, limit: int = 20) -> list[tuple[str, str | None, Any, dict[str, int]]]:
+        """The newest workflows: (id, name, inserted_at, steps per state)."""
+        return await (await self._open()).workflow_list(limit)
 
     async def complete_job(self, job: Job, *, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Mark the running `job` completed inside the caller's transaction on `conn`.
@@ -325,6 +370,23 @@ class Kerrera(InspectMixin):
         """The job with this id, or None."""
         found = await (await self._open()).get_jobs([job_id])
         return found[0] if found else None
+
+    async def wait(self, job: Job | int, timeout: float | None = None) -> Job:
+        """Wait until `job` (a saved job or its id) is completed, discarded or cancelled,
+        and return it as stored then: `meta["return"]` holds what the worker recorded
+        with `Record(value)`, `errors` why it failed. Wakes on the job's events (as
+        `subscribe` does) and reads its row every few seconds too, so a lost event only
+        delays the answer. Raises `TimeoutError` after `timeout` seconds (None: no
+        limit), `LookupError` if there is no such job (or it is deleted meanwhile).
+
+        Example:
+            job = await app.insert(Analyse.new({"track": 7}))
+            done = await app.wait(job, timeout=60)
+            print(done.state, done.meta.get("return"))
+        """
+        job_id = wait_target(job, timeout)
+        async with asyncio.timeout(timeout):
+            return await wait_until_finished(self, job_id)
 
     @overload
     async def retry_job(self, ids: int) -> Job | None: ...

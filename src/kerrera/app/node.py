@@ -24,6 +24,7 @@ from kerrera.peer import Peer
 from kerrera.queue import DaemonThreadPool, Executor, Producer, Threads
 from kerrera.queue.control import QueueControl
 from kerrera.services import Cron, Leadership, Lifeline, Pruner, Reindexer, Stager
+from kerrera.services.stats import JobStats
 
 log = logging.getLogger("kerrera")
 
@@ -61,6 +62,7 @@ class Node:
         configuration), elect, and start the services. Every step that talks to the
         database is bounded: the loops retry on their own."""
         c, engine, notifier = self.config, self.engine, self.notifier
+        telemetry.start_job_log()  # a line per job outcome on `kerrera.jobs` (stop_job_log)
         notifier.listen(engine.sql.insert_channel, self.on_insert)
         notifier.listen(engine.sql.signal_channel, self.on_signal)
         notifier.listen(engine.sql.leader_channel, self.on_leader)
@@ -109,6 +111,8 @@ class Node:
             services.append(Cron(engine, leadership, c.crontab, catch_up=c.cron_catch_up))
         if c.reindex_schedule is not None:
             services.append(Reindexer(engine, leadership, c.reindex_schedule))
+        if c.stats_interval is not None:  # every node counts its own jobs
+            services.append(JobStats(engine, self.name, interval=c.stats_interval))
         self.services = services
         # One election first, so that a lone node leads at once.
         await bounded(leadership.start(), 3 * STEP_LIMIT, "the first election")
@@ -142,6 +146,7 @@ class Node:
         await bounded(self.notifier.stop(), STEP_LIMIT, "stopping the notifier")
         self.threads.shutdown()
         self.producers.clear()
+        telemetry.stop_job_log()
         return released
 
     def hurry(self) -> None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
 
-from kerrera.app.inspect import Names, by_queue, listing_filter
+from kerrera.app.compose import check_batch
+from kerrera.app.inspect import Names, by_queue, listing_filter, wait_target, wait_until_finished
+from kerrera.app.workflows import check_workflow_mode
+from kerrera.core.batch import Batch
 from kerrera.core.errors import ConfigError
 from kerrera.core.ids import as_ids, one_or_many
 from kerrera.core.job import Job
 from kerrera.core.options import check_jobs
+from kerrera.core.worker import check_main_workers
+from kerrera.core.workflow import Workflow
 from kerrera.engine.schema import check_schema, migrate_sync
 from kerrera.engine.sync import SyncPostgresEngine
 from kerrera.events.inserts import inserts_watched, observe_insert
@@ -67,17 +73,39 @@ class SyncKerrera:
         """Bring the schema up to date; return the versions applied."""
         return migrate_sync(self._app.dsn, self._app.config.prefix)
 
-    def insert(self, job: Job, *, conn: psycopg.Connection[Any] | None = None) -> Job:
-        """Insert one job (on `conn`: inside the caller's transaction)."""
+    @overload
+    def insert(self, job: Job, *, conn: psycopg.Connection[Any] | None = None) -> Job: ...
+    @overload
+    def insert(
+        self, job: Workflow | Batch, *, conn: psycopg.Connection[Any] | None = None
+    ) -> list[Job]: ...
+    def insert(
+        self, job: Job | Workflow | Batch, *, conn: psycopg.Connection[Any] | None = None
+    ) -> Job | list[Job]:
+        """Insert one job, or a `Workflow` (on `conn`: inside the caller's transaction)."""
+        if isinstance(job, Workflow | Batch):
+            return self.insert_all(job, conn=conn)
         return self.insert_all([job], conn=conn)[0]
 
     def insert_all(
-        self, jobs: Iterable[Job], *, conn: psycopg.Connection[Any] | None = None
-    ) -> list[Job]:
-        """Insert many jobs, one statement per batch."""
+        self, jobs: Iterable[Job] | Workflow | Batch, *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[Job]:  # fmt: skip
+        """Insert many jobs, one statement per batch (a `Workflow`: one statement)."""
+        if isinstance(jobs, Batch):  # its row and its jobs, in one transaction
+            b = check_batch(jobs, self._app.testing_mode, self._app.config.queues)
+            return self._open().insert_batch(b.batch_id, b.callbacks, b.open, b.jobs, conn)
+        if isinstance(jobs, Workflow):
+            check_workflow_mode(self._app.testing_mode)
+            plan = jobs.plan()
+            if self._app.testing_mode is None:
+                check_main_workers(plan.jobs, self._app.config.queues)
+            return self._open().insert_workflow(plan, conn)
         batch = check_jobs(jobs)
         if not batch:
             return []
+        if self._app.testing_mode is None:  # a testing mode runs the jobs in this process
+            check_main_workers(batch, self._app.config.queues)
         if self._app.testing_mode == "inline":
             from kerrera.queue.inline import insert_inline_sync
 
@@ -93,6 +121,48 @@ class SyncKerrera:
         if job.id is None:
             raise ConfigError("complete_job needs a saved, running job")
         return self._open().complete_job(job.id, job.attempt, conn, job.owner)
+
+    def wait(self, job: Job | int, timeout: float | None = None) -> Job:
+        """Wait until `job` (a saved job or its id) has finished and return it, as
+        `Kerrera.wait` does (`meta["return"]` holds a recorded result; `TimeoutError`
+        after `timeout` seconds). It listens for the job's events on a connection of
+        its own, in a thread with its own event loop, so it works from any thread,
+        even one that runs an event loop.
+
+        Example: `done = app.sync.wait(app.sync.insert(Report.new({"id": 7})), timeout=30)`.
+        """
+        job_id = wait_target(job, timeout)
+        outcome: list[Job] = []
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(asyncio.run(self._wait(job_id, timeout)))
+            except BaseException as exc:  # handed to the caller's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name=f"kerrera-wait-{job_id}", daemon=True)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return outcome[0]
+
+    async def _wait(self, job_id: int, timeout: float | None) -> Job:
+        from kerrera.app.facade import Kerrera  # at run time: the facade imports this module
+
+        config = self._app.config
+        # A small app of the same database, on this thread's loop: the caller's app may
+        # be bound to another loop, or to none.
+        watcher = Kerrera(
+            self._app.dsn, prefix=config.prefix, migrate=False, pool_size=2,
+            notifier=config.notifier,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(timeout):
+                return await wait_until_finished(watcher, job_id)
+        finally:
+            await watcher.stop()
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import psycopg
 
-from kerrera.cli import demo, jobs, migrate, queues, start, top
+from kerrera.cli import demo, jobs, migrate, queues, start, top, web, workflows
 from kerrera.cli.start import parse_cron, parse_queues, run_until_signalled
 from kerrera.core.errors import KerreraError
+from kerrera.engine.embedded import check_dsn
 
 __all__ = ["build_parser", "main", "parse_cron", "parse_queues", "run_until_signalled"]
 
@@ -28,7 +31,9 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, in
     "queues": queues.run,
     "jobs": jobs.run,
     "top": top.run,
+    "workflows": workflows.run,
     "demo": demo.run_demo,
+    "web": web.run,
 }
 
 
@@ -61,16 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_parser(sub, _common)
     jobs.add_parser(sub, _common)
     top.add_parser(sub, _common)
+    workflows.add_parser(sub, _common)
     demo.add_parser(sub, _common)
+    web.add_parser(sub, _common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kerrera` command."""
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(args)
     try:
+        if getattr(args, "dsn", None):
+            check_dsn(args.dsn, "option '--dsn'")
         if args.command == "migrate":
             return migrate.run(args)  # a plain connection: no event loop
         return _run(_ASYNC_COMMANDS[args.command](args))
@@ -81,6 +89,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"kerrera: error: database: {first}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of our output left (`kerrera jobs list | head`): stop quietly, as
+        # other commands do. Point stdout at nothing so the flush at exit cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a command SIGPIPE ended (128 + 13)
+
+
+class UTCFormatter(logging.Formatter):
+    """`2026-12-03 14:58:30.123Z LEVEL logger: message`: log times in UTC, as the
+    command's tables show them."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+            datefmt="%Y-%m-%d %H:%M:%S",
+        )
+        self.converter = time.gmtime
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Warnings and errors on stderr (more with -v). A node (`kerrera start`) also logs
+    Kerrera's INFO lines, among them one per finished job, unless `--log-level` says
+    otherwise; other libraries stay at WARNING so that their chatter does not bury them."""
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(UTCFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
+    if args.command == "start":
+        wanted = logging.getLevelNamesMapping()[args.log_level.upper()]
+        logging.getLogger("kerrera").setLevel(min(level, wanted))
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -52,6 +52,7 @@ class Config:
     prune_limit: int = 10_000
     reindex_schedule: Any = "@daily"
     progress_interval: float = 0.25
+    stats_interval: float | None = 5.0
     testing: str | None = None
 
     def __post_init__(self) -> None:
@@ -104,6 +105,8 @@ class Config:
                 f"got {self.leader_lease!r}"
             )
         _check_count("prune_limit", self.prune_limit)
+        if self.stats_interval is not None:
+            _check_seconds("stats_interval", self.stats_interval, allow_zero=False)
         set_(self, "prune_max_age", _check_max_age(self.prune_max_age))
         set_(self, "crontab", parse_crontab(self.crontab))
         if self.reindex_schedule is not None and not isinstance(

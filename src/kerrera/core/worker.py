@@ -2,6 +2,9 @@
 
 A worker's stored name is its importable dotted path (`pkg.module.QualName`), so any
 node that can import the module can run its jobs; names resolve lazily on first use.
+A worker defined in the script being run (`__main__`) gets the module name the script
+also has (`python -m pkg.mod`, or a file under another `sys.path` entry); failing that,
+its name keeps `__main__.` and `check_main_workers` refuses to insert its jobs.
 """
 
 from __future__ import annotations
@@ -9,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import keyword
+import sys
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from kerrera.core.backoff import default_backoff
+from kerrera.core.chain import Chain, stamp_chain
 from kerrera.core.errors import ConfigError, UnknownWorkerError
 from kerrera.core.job import Job, JobState
 from kerrera.core.options import (
@@ -50,6 +57,7 @@ class WorkerOptions:
     timeout: float | None = None
     unique: Unique | None = None
     args: ArgsModel | None = None
+    chain: Chain | None = None
 
     @classmethod
     def build(cls, base: WorkerOptions, **given: Any) -> WorkerOptions:
@@ -69,6 +77,8 @@ class WorkerOptions:
             checked["unique"] = Unique.coerce(given["unique"])
         if given.get("args") is not None:
             checked["args"] = ArgsModel.coerce(given["args"])
+        if given.get("chain") is not None:
+            checked["chain"] = Chain.coerce(given["chain"])
         return replace(base, **checked)
 
 
@@ -97,8 +107,9 @@ class Worker:
     `timeout` (None: no limit, seconds otherwise), `unique` (None; see `Unique`: True, a
     period in seconds, a dict of options or a `Unique`), `args` (a pydantic model or a
     dataclass: `new()` validates args with it, and `process(self, job, args)` receives
-    the typed object), `name` (the dotted path), `abstract` (True for a base class that
-    only shares options and is never run itself).
+    the typed object), `chain` (None; True, a dict or a `Chain`: jobs of one partition
+    run one at a time, in insertion order), `name` (the dotted path), `abstract` (True
+    for a base class that only shares options and is never run itself).
     One instance per node runs every job of the worker: keep no per-job state on `self`.
 
     Example:
@@ -127,6 +138,7 @@ class Worker:
         timeout: float | None = _INHERIT,
         unique: object = None,
         args: object = None,
+        chain: object = None,
         name: str | None = None,
         abstract: bool = False,
         **kwargs: Any,
@@ -136,10 +148,10 @@ class Worker:
             return
         cls.options = WorkerOptions.build(
             cls.options, queue=queue, max_attempts=max_attempts, priority=priority,
-            tags=tags, timeout=timeout, unique=unique,
+            tags=tags, timeout=timeout, unique=unique, chain=chain,
             args=args if args is not None else from_signature(cls.process, skip=1),
         )  # fmt: skip
-        cls.name = _check_name(name or f"{cls.__module__}.{cls.__qualname__}")
+        cls.name = _check_name(name or default_name(cls.__module__, cls.__qualname__))
         cls.is_async = inspect.iscoroutinefunction(cls.process)
         model = cls.options.args
         if model is not None and takes_args(cls.process, skip=1):
@@ -196,7 +208,12 @@ class Worker:
             tags=list(opts.tags) if tags is None else check_tags(tags),
             # A copy: the job's meta is written to (unique keys, trace context, progress),
             # and the caller's dict, perhaps shared by many jobs, must not change with it.
-            meta=dict(check_json_object({} if meta is None else meta, "meta")),
+            meta=stamp_chain(
+                opts.chain,
+                self_or_cls.name,
+                args,
+                dict(check_json_object({} if meta is None else meta, "meta")),
+            ),
             scheduled_at=when,
             schedule_in=delay,
             unique=opts.unique if unique is None else Unique.coerce(unique),
@@ -236,6 +253,7 @@ def worker(
     timeout: float | None = None,
     unique: object = None,
     args: object = None,
+    chain: object = None,
     name: str | None = None,
 ) -> Any:
     """Make a worker of a function taking the job (async def, or def for a thread pool).
@@ -256,11 +274,11 @@ def worker(
             raise ConfigError(f"@worker needs a function, got {fn!r}")
         options = WorkerOptions.build(
             WorkerOptions(), queue=queue, max_attempts=max_attempts, priority=priority,
-            tags=tags, timeout=timeout, unique=unique,
+            tags=tags, timeout=timeout, unique=unique, chain=chain,
             args=args if args is not None else from_signature(fn),
         )  # fmt: skip
         qualname = getattr(fn, "__qualname__", getattr(fn, "__name__", "worker"))
-        full = _check_name(name or f"{fn.__module__}.{qualname}")
+        full = _check_name(name or default_name(fn.__module__, qualname))
         made = FunctionWorker(fn, options, full)
         _register(full, made)
         return made
@@ -272,6 +290,91 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= 127:
         raise ConfigError(f"option 'name' must be 1..127 characters, got {name!r}")
     return name
+
+
+MAIN_PREFIX = "__main__."
+
+
+def default_name(module: str, qualname: str) -> str:
+    """The stored name of a worker defined in `module`: `module.qualname`, except that a
+    worker of the script being run (`__main__`) gets the script's importable module name
+    when there is one (see `main_module_name`), since no other process has that
+    `__main__`."""
+    if module == "__main__":
+        module = main_module_name() or module
+    return f"{module}.{qualname}"
+
+
+def main_module_name() -> str | None:
+    """The name under which another process can import the running `__main__`, or None.
+
+    Known when Python was started as `python -m pkg.mod` (`__spec__.name`), or when the
+    script file lies under a `sys.path` entry other than its own folder (a package
+    installed or on PYTHONPATH). The script's own folder does not count: Python adds it
+    for this process only, and a node importing the script by that name would run its
+    top-level code (often the very insert) again.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    file = getattr(main, "__file__", None)
+    if spec is not None and spec.name is not None:
+        name: str | None = str(spec.name)
+    elif file and file.endswith(".py"):
+        name = _module_of_file(Path(file).resolve())
+    else:
+        return None  # `python -c`, the REPL, a notebook, stdin: nothing to import
+    # `python -m pkg` runs pkg/__main__.py, whose top level is the program itself: a
+    # node must not import that, so such a worker stays unresolved.
+    if name is None or name.split(".")[-1] == "__main__":
+        return None
+    return name
+
+
+def _module_of_file(path: Path) -> str | None:
+    entries = list(sys.path)
+    if entries and not sys.flags.safe_path and _same_dir(entries[0], path.parent):
+        entries = entries[1:]  # the script's own folder, added for this process only
+    found: list[str] = []
+    for entry in entries:
+        try:
+            relative = path.relative_to(Path(entry or ".").resolve())
+        except (ValueError, OSError):
+            continue
+        parts = relative.with_suffix("").parts
+        if parts and all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+            found.append(".".join(parts))
+    return min(found, key=len) if found else None  # the closest entry: `app.t`, not `src.app.t`
+
+
+def _same_dir(entry: str, folder: Path) -> bool:
+    try:
+        return Path(entry or ".").resolve() == folder
+    except OSError:
+        return False
+
+
+def check_main_workers(jobs: Iterable[Job], runs_here: Container[str]) -> None:
+    """Refuse jobs of a worker that only this process's `__main__` can run.
+
+    Such a name (`__main__.hello`) means nothing to another node: its jobs would fail
+    there as an unknown worker. They are let through only for a queue in `runs_here`,
+    the queues a node in this very process serves (a script that starts its own node).
+    A script that runs in both roles, inserting in one process and serving in another,
+    names its workers (`@worker(name="myscript.hello")`): an explicit name is never
+    `__main__.`-prefixed, and each run of the script registers it.
+    """
+    for job in jobs:
+        if job.worker.startswith(MAIN_PREFIX) and job.queue not in runs_here:
+            short = job.worker.removeprefix(MAIN_PREFIX)
+            raise ConfigError(
+                f"worker {job.worker!r} is defined in the script being run (__main__):"
+                f" no other process can import it, so no node could run its jobs. Move"
+                f" {short} into a module, e.g. tasks.py, and import it from there (nodes:"
+                f" --module tasks), or run the script as `python -m pkg.module`. (Only a"
+                f" node in this process serving queue {job.queue!r} could run it as is; a"
+                f" script whose own runs are the nodes can give it a name, e.g."
+                f" name='myscript.{short}')"
+            )
 
 
 def _register(name: str, target: type[Worker] | Worker) -> None:

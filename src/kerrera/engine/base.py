@@ -87,6 +87,13 @@ class Engine(Protocol):
         """Write `acks` (and release interrupted jobs) without fetching (`ack_and_fetch`
         with no demand)."""
 
+    async def fetch_chunk(
+        self, queue: str, worker: str, by: Sequence[str], partition: Sequence[Any],
+        demand: int, node: str, producer: str,
+    ) -> list[RunningJob]:  # fmt: skip
+        """Claim up to `demand` available jobs of one chunk worker (and partition: the
+        args keys `by` holding `partition`) for a chunk that `producer` is filling."""
+
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
         """Put back jobs this producer fetched but never received; return how many."""
 

@@ -87,6 +87,9 @@ def prune_jobs(max_age: dict[str, float | None], limit: int) -> Steps[dict[str, 
     counts: dict[str, int] = {}
     for (state,) in rows:
         counts[state] = counts.get(state, 0) + 1
+    ages = [age for age in max_age.values() if age is not None]
+    if ages:  # workflows whose every step is gone go too (their context, their name)
+        yield from one("prune_workflows", {"age": max(ages), "limit": limit})
     return counts
 
 

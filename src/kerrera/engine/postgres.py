@@ -16,10 +16,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from kerrera.core import codec
 from kerrera.core.job import Job, RunningJob
+from kerrera.core.workflow import WorkflowPlan
+from kerrera.engine import chunks as chunk_ops
+from kerrera.engine import compose as compose_ops
 from kerrera.engine import inspect as inspect_ops
 from kerrera.engine import jobs as job_ops
 from kerrera.engine import node as node_ops
 from kerrera.engine import testing as testing_ops
+from kerrera.engine import workflows as wf_ops
 from kerrera.engine.base import AckBatch, EngineNotifier, Message, QueueSignal
 from kerrera.engine.inspect import JobFilter
 from kerrera.engine.statements import Statements, ack_params, in_transaction, job_row
@@ -179,6 +183,14 @@ class PostgresEngine:
         """Write `acks` without fetching, on `conn` when given."""
         await self._run(job_ops.ack_jobs(acks, self._route(self.sql.insert_channel)), conn)
 
+    async def fetch_chunk(
+        self, queue: str, worker: str, by: Sequence[str], partition: Sequence[Any],
+        demand: int, node: str, producer: str,
+    ) -> list[RunningJob]:  # fmt: skip
+        """Claim more jobs of one chunk worker and partition (see `chunks.fetch_chunk`)."""
+        steps = chunk_ops.fetch_chunk(queue, worker, by, partition, demand, node, producer)
+        return await self._run(steps)
+
     async def complete_job(
         self, job_id: int, attempt: int, conn: Any, owner: str | None = None
     ) -> bool:
@@ -202,6 +214,75 @@ class PostgresEngine:
     async def delete_jobs(self, ids: Sequence[int]) -> list[Job]:
         """Delete jobs that are not running."""
         return await self._run_again(lambda: job_ops.delete_jobs(ids))
+
+    # -- workflows (see workflows.py) --------------------------------------------------------
+    async def insert_workflow(self, plan: WorkflowPlan, conn: Any = None) -> list[Job]:
+        """Insert a workflow and its steps in one statement, on `conn` when given."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run(wf_ops.insert_workflow(plan, route), conn)
+
+    async def graft_workflow(
+        self, workflow_id: str, step: str, names: Sequence[str], jobs: Sequence[Job]
+    ) -> list[Job]:
+        """Add jobs for a graft step (nothing when it grafted before)."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run(wf_ops.graft(workflow_id, step, names, jobs, route))
+
+    async def workflow_row(
+        self, workflow_id: str, context: bool = True
+    ) -> tuple[str | None, dict[str, Any], datetime] | None:
+        """(name, context, inserted_at) of a workflow, None when unknown."""
+        return await self._run_again(lambda: wf_ops.workflow_row(workflow_id, context))
+
+    async def workflow_status(self, workflow_id: str) -> list[tuple[str, int, Any, Any]]:
+        """(state, count, first inserted, last finished) per state of its steps."""
+        return await self._run_again(lambda: wf_ops.workflow_status(workflow_id))
+
+    async def workflow_jobs(self, workflow_id: str, names: Sequence[str] | None) -> list[Job]:
+        """Its steps (with `names`: those counting toward one of the names)."""
+        return await self._run_again(lambda: wf_ops.workflow_jobs(workflow_id, names))
+
+    async def workflow_list(
+        self, limit: int
+    ) -> list[tuple[str, str | None, datetime, dict[str, int]]]:
+        """The newest workflows with their steps per state."""
+        return await self._run_again(lambda: wf_ops.workflow_list(limit))
+
+    async def retry_workflow(self, workflow_id: str, args: dict[str, dict[str, Any]]) -> list[int]:
+        """Run its failed and cancelled steps again, and what depends on them."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run(wf_ops.retry_workflow(workflow_id, args, route))
+
+    # -- batches and chains (see compose.py) -----------------------------------------------
+    async def insert_batch(
+        self, batch_id: str, callbacks: dict[str, Any], open_: bool, jobs: Sequence[Job],
+        conn: Any = None,
+    ) -> list[Job]:  # fmt: skip
+        """Create a batch and insert its jobs in one transaction, on `conn` when given."""
+        route = self._route(self.sql.insert_channel)
+        steps = compose_ops.insert_batch(batch_id, callbacks, open_, jobs, route)
+        return await self._run(steps, conn)
+
+    async def append_batch(self, batch_id: str, jobs: Sequence[Job], conn: Any = None) -> list[Job]:
+        """Add jobs to an open batch in one transaction, on `conn` when given."""
+        route = self._route(self.sql.insert_channel)
+        return await self._run(compose_ops.append_batch(batch_id, jobs, route), conn)
+
+    async def close_batch(self, batch_id: str) -> bool:
+        """Seal a batch and insert its due callbacks; False when unknown."""
+        return await self._run_again(lambda: compose_ops.close_batch(batch_id))
+
+    async def batch_status(self, batch_id: str) -> compose_ops.BatchCounts | None:
+        """A batch's counts (None when unknown)."""
+        return await self._run_again(lambda: compose_ops.batch_status(batch_id))
+
+    async def chain_status(self, chain_id: str) -> compose_ops.ChainCounts | None:
+        """A chain's counts (None when unknown)."""
+        return await self._run_again(lambda: compose_ops.chain_status(chain_id))
+
+    async def release_chain(self, chain_id: str) -> int | None:
+        """Let a held chain go on; the id of the link released, if any."""
+        return await self._run(compose_ops.release_chain(chain_id))
 
     # -- producers and services ----------------------------------------------------------
     async def reclaim_jobs(self, queue: str, producer: str, running: Sequence[int]) -> int:
@@ -330,6 +411,10 @@ class PostgresEngine:
     async def count_matching(self, where: JobFilter, upto_id: int) -> int:
         """How many jobs up to `upto_id` match `where`."""
         return await self._run(inspect_ops.count_matching(where, upto_id))
+
+    async def known_names(self) -> dict[str, list[str]]:
+        """Queues and nodes seen (see `inspect.known_names`)."""
+        return await self._run(inspect_ops.known_names())
 
     # -- testing helpers (testing.py) ----------------------------------------------------
     async def enqueued_jobs(self, **filters: Any) -> list[Job]:

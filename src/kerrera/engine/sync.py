@@ -23,10 +23,13 @@ from psycopg_pool import ConnectionPool
 
 from kerrera.core import codec
 from kerrera.core.job import Job, RunningJob
+from kerrera.core.workflow import WorkflowPlan
+from kerrera.engine import compose as compose_ops
 from kerrera.engine import inspect as inspect_ops
 from kerrera.engine import jobs as job_ops
 from kerrera.engine import node as node_ops
 from kerrera.engine import testing as testing_ops
+from kerrera.engine import workflows as wf_ops
 from kerrera.engine.base import AckBatch, EngineNotifier, Message, QueueSignal
 from kerrera.engine.inspect import JobFilter
 from kerrera.engine.statements import Statements, in_transaction
@@ -160,6 +163,23 @@ class SyncPostgresEngine:
     def delete_jobs(self, ids: Sequence[int], conn: Any = None) -> list[Job]:
         """Delete jobs that are not running."""
         return self._run(job_ops.delete_jobs(ids), conn)
+
+    def insert_workflow(self, plan: WorkflowPlan, conn: Any = None) -> list[Job]:
+        """Insert a workflow and its steps in one statement, on `conn` when given."""
+        route = self._route(self.sql.insert_channel)
+        return self._run(wf_ops.insert_workflow(plan, route), conn)
+
+    def insert_batch(
+        self, batch_id: str, callbacks: dict[str, Any], open_: bool, jobs: Sequence[Job],
+        conn: Any = None,
+    ) -> list[Job]:  # fmt: skip
+        """Create a batch and insert its jobs in one transaction, on `conn` when given."""
+        route = self._route(self.sql.insert_channel)
+        return self._run(compose_ops.insert_batch(batch_id, callbacks, open_, jobs, route), conn)
+
+    def workflow_status(self, workflow_id: str) -> list[tuple[str, int, Any, Any]]:
+        """(state, count, first inserted, last finished) per state of its steps."""
+        return self._run(wf_ops.workflow_status(workflow_id))
 
     def set_queue_state(
         self, queue: str, node: str, changes: dict[str, Any], signal: QueueSignal

@@ -33,6 +33,8 @@ EVENTS: Mapping[str, str] = {
     "discarded/released)",
     "job.exception": "duration, queue_time (state: retryable/discarded)",
     "job.progress": "percent",
+    "chunk.start": "system_time, size, wait (a chunk worker's chunk; its jobs emit job.*)",
+    "chunk.stop": "duration, size, wait (metadata states: count of each outcome)",
     "insert.start": "count (handlers may add to each job's meta)",
     "insert": "count, conflicts, duration",
     "producer.fetch": "count, demand, duration",

@@ -13,7 +13,10 @@ import psycopg
 
 from kerrera.core.errors import ConfigError, SchemaError
 from kerrera.core.options import check_prefix
+from kerrera.engine.migrations import compose as compose_sql
 from kerrera.engine.migrations import steps as step_sql
+from kerrera.engine.migrations import web as web_sql
+from kerrera.engine.migrations import workflows as workflow_sql
 
 log = logging.getLogger("kerrera.engine.migrations")
 
@@ -44,6 +47,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         4, "unique index of unique jobs' keys", step_sql.up_4, step_sql.down_4, transactional=False
     ),
     Migration(5, "queue control, cron ticks and producer state", step_sql.up_5, step_sql.down_5),
+    Migration(
+        6,
+        "workflows: tables, the release trigger, an index of steps by workflow",
+        workflow_sql.up_6,
+        workflow_sql.down_6,
+        transactional=False,
+    ),
+    Migration(7, "batches and chains", compose_sql.up_7, compose_sql.down_7, transactional=False),
+    Migration(8, "dashboard indexes, job stats", web_sql.up_8, web_sql.down_8, transactional=False),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 #: How long a migrator waits for another one to finish.
@@ -109,9 +121,11 @@ def migrate_up(
     with _migration_lock(conn, prefix):
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_BOOTSTRAP.format(p=p))
-        version = current_version(conn, prefix)
+        # Every missing version up to the target, not only those above the highest: a
+        # schema migrated by a build that lacked a version in between still gets it.
+        done = {row[0] for row in conn.execute(f"SELECT version FROM {p}.kerrera_migrations")}
         for step in MIGRATIONS:
-            if version < step.version <= target:
+            if step.version not in done and step.version <= target:
                 with _step(conn, step), conn.cursor() as cur:
                     note = step.up(cur, p)
                 with conn.transaction():

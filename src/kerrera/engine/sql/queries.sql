@@ -259,7 +259,10 @@ RETURNING {jcols};
 -- late ack pass the guard of the next run.
 WITH released AS (
   UPDATE {prefix}.oban_jobs j
-  SET state = 'available', max_attempts = j.max_attempts + 1
+  SET state = 'available', max_attempts = j.max_attempts + 1,
+      -- counted, so that `kerrera jobs show` can tell runs that spent no attempt
+      meta = coalesce(j.meta, '{}') || jsonb_build_object(
+        'released', coalesce((j.meta->>'released')::int, 0) + 1)
   FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS a(id, attempt)
   WHERE j.id = a.id AND j.state = 'executing' AND j.attempt = a.attempt
     AND j.attempted_by[2] = %(owner)s
@@ -391,6 +394,8 @@ WITH retried AS (
                        || jsonb_build_object('uniq_retired', j.meta -> 'uniq_key')
                   ELSE j.meta END
   WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state <> 'executing'
+    -- a workflow step waiting on its dependencies is released by them, not by a retry
+    AND NOT (j.state = 'suspended' AND j.meta ? 'workflow_id')
   RETURNING {jcols}
 ), notified AS (
   SELECT count(pg_notify(%(channel)s, '{"queue":' || to_json(q.queue)::text || '}')) AS n
