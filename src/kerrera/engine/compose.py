@@ -8,14 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
 
 from kerrera.core import codec
 from kerrera.core.errors import ConfigError
 from kerrera.core.job import Job
 from kerrera.engine.jobs import insert_jobs
+from kerrera.engine.statements import Statements
 from kerrera.engine.steps import Atomic, Query, Route, Steps
 
 
@@ -133,7 +136,32 @@ def batch_status(batch_id: str) -> Steps[BatchCounts | None]:
     rows = yield Query("batch_status", {"batch_id": batch_id}, tuple_row)
     if not rows:
         return None
-    r = rows[0]
+    return _counts(rows[0])
+
+
+async def recent_batches(
+    pool: AsyncConnectionPool[Any], prefix: str = "public", *, limit: int = 50
+) -> list[BatchCounts]:
+    """The newest `limit` batches (1..500), newest first, read on a connection of `pool`
+    (e.g. the dashboard's; autocommit). Read-only."""
+    params = {"limit": _check_limit(limit)}
+    async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_statements(prefix)["batch_list"], params)
+        return [_counts(r) for r in await cur.fetchall()]
+
+
+@cache
+def _statements(prefix: str) -> Statements:
+    return Statements(prefix)
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+        raise ConfigError(f"option 'limit' must be an integer 1..500, got {limit!r}")
+    return limit
+
+
+def _counts(r: Any) -> BatchCounts:
     batch_id, open_, total, attempted, completed, cancelled, discarded = r[:7]
     return BatchCounts(
         batch_id, open_, total, attempted, completed, cancelled, discarded,

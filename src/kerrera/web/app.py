@@ -21,7 +21,7 @@ from kerrera import Kerrera
 from kerrera.core.errors import ConfigError
 from kerrera.core.job import Job
 from kerrera.engine.dashboard import Dashboard
-from kerrera.web import actions, operations, pages, views
+from kerrera.web import actions, batches, operations, pages, views
 from kerrera.web.auth import Resolver
 from kerrera.web.live import LiveFeed
 from kerrera.web.render import error_page
@@ -148,6 +148,8 @@ def kerrera_web(
         Route("/workflows", pages.workflows_page, name="workflows"),
         Route("/workflows/{workflow_id}", pages.workflow_page, name="workflow"),
         Route("/workflows/{workflow_id}/actions", operations.workflow_action, methods=["POST"]),
+        Route("/batches", batches.batches_page, name="batches"),
+        Route("/batches/{batch_id:path}", batches.batch_page, name="batch"),
         Route("/cron", pages.cron_page, name="cron"),
         Route("/events", views.events, name="events"),
         Route("/suggest", views.suggest, name="suggest"),

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS {p}.kerrera_batches (
   inserted_at timestamp NOT NULL DEFAULT timezone('UTC', now()),
   closed_at timestamp
 );
+-- (the dashboard lists the newest batches)
+CREATE INDEX IF NOT EXISTS kerrera_batches_inserted_at_index
+  ON {p}.kerrera_batches (inserted_at, batch_id);
 CREATE TABLE IF NOT EXISTS {p}.kerrera_chains (
   chain_id text PRIMARY KEY,
   seq bigint NOT NULL DEFAULT 0,

@@ -34,6 +34,15 @@ SELECT batch_id, open, total, attempted, completed, cancelled, discarded,
        fired, ARRAY(SELECT jsonb_object_keys(callbacks) ORDER BY 1), inserted_at, closed_at
 FROM {prefix}.kerrera_batches WHERE batch_id = %(batch_id)s;
 
+-- name: batch_list
+-- The newest batches for the dashboard, LIMIT'd, read backwards through the index on
+-- (inserted_at, batch_id).
+SELECT batch_id, open, total, attempted, completed, cancelled, discarded,
+       fired, ARRAY(SELECT jsonb_object_keys(callbacks) ORDER BY 1), inserted_at, closed_at
+FROM {prefix}.kerrera_batches
+ORDER BY inserted_at DESC, batch_id DESC
+LIMIT %(limit)s;
+
 -- name: chain_status
 -- (the count of waiting links goes through the index of suspended links)
 SELECT chain_id, seq, active_id, held_by,
