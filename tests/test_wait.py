@@ -77,7 +77,7 @@ async def test_wait_notices_a_job_deleted_meanwhile(make_app: Any) -> None:
     app = make_app()
     later = await app.insert(Scripted.new({}, schedule_in=3600))
     waiting = asyncio.ensure_future(wait_until_finished(app, later.id or 0, poll=0.05))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # lets the waiter begin first (it also holds if it has not)
     await app.delete_job(later.id or 0)
     with pytest.raises(LookupError, match="deleted"):
         await asyncio.wait_for(waiting, 30)

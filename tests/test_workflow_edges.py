@@ -9,46 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import eventually
 from support import flow_edges, flows
+from test_workflows import _flow_log, log, started, states  # noqa: F401 (_flow_log: autouse)
 
 from kerrera import Kerrera
 from kerrera.core.errors import KerreraError
 from kerrera.core.workflow import Workflow
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-
-
-@pytest.fixture(autouse=True)
-def _flow_log(dsn: str, prefix: str, monkeypatch: pytest.MonkeyPatch, sql: Sql) -> Iterator[None]:
-    sql(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
-    sql(
-        f'CREATE TABLE IF NOT EXISTS "{prefix}".flow_log (n bigserial, job_id bigint, '
-        "name text, event text, at timestamp DEFAULT clock_timestamp())"
-    )
-    monkeypatch.setenv("KERRERA_FLOWS_DSN", dsn)
-    monkeypatch.setenv("KERRERA_FLOWS_PREFIX", prefix)
-    yield
-
-
-def log(sql: Sql) -> list[tuple[str, str]]:
-    return [(r[0], r[1]) for r in sql("SELECT name, event FROM flow_log ORDER BY n")]
-
-
-def started(sql: Sql) -> list[str]:
-    return [name for name, event in log(sql) if event == "start"]
-
-
-def states(sql: Sql, workflow_id: str) -> dict[str, str]:
-    rows = sql(
-        "SELECT meta->>'name', state::text FROM oban_jobs WHERE meta->>'workflow_id' = %s",
-        (workflow_id,),
-    )
-    return {r[0]: r[1] for r in rows}
 
 
 def finish(sql: Sql, workflow_id: str, name: str, state: str = "completed") -> None:
@@ -335,8 +308,7 @@ async def test_a_workflow_whose_steps_are_all_pruned_is_pruned_too(
     pruner = make_app(prune_max_age=60, prune_interval=0.2, queues={"other": 1})
     async with pruner:
         await eventually(lambda: not states(sql, wf.id), timeout=15)
-        await asyncio.sleep(1.0)  # a few more prune rounds
-    assert sql("SELECT id FROM kerrera_workflows") == []
+        await eventually(lambda: sql("SELECT id FROM kerrera_workflows") == [], timeout=15)
 
 
 async def test_deleting_a_waiting_step_cancels_what_waits_on_it_and_leaves_no_rows(
@@ -610,7 +582,8 @@ async def test_released_grafted_and_retried_steps_are_noticed_without_polling(
     wf.add_graft("g", flows.grafter.new({"n": 2}), deps=["b"])
     wf.add("c", flows.step.new({"discard": True}, max_attempts=1), deps=["g"])
     async with app:
-        await asyncio.sleep(0.5)  # the producer listens (its first poll is spent)
+        # a first job run shows the producer past its first fetch, waiting for a wake-up
+        await app.wait(await app.insert(flows.noop.new({})), timeout=15)
         await app.insert(wf)
         first = await app.workflow(wf.id).wait(timeout=15)
         assert first.states == {"completed": 5, "discarded": 1}

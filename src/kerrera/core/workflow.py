@@ -244,9 +244,11 @@ class Workflow:
         """Add a step that may add more steps while it runs (`await job.workflow.graft(
         jobs)`); a step that depends on `name` waits for the graft step and for every
         job it grafted."""
-        name = self._new_name(name)
-        ignore = self._ignore(ignore_cancelled, ignore_discarded, ignore_deleted)
-        self._append(name, job, self._check_deps(name, deps), (name,), ignore, graft=True)
+        self.add(
+            name, job, deps, ignore_cancelled=ignore_cancelled,
+            ignore_discarded=ignore_discarded, ignore_deleted=ignore_deleted,
+        )  # fmt: skip
+        self._steps[-1].graft = True
         return self
 
     # -- output -------------------------------------------------------------------------------

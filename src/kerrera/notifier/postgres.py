@@ -51,6 +51,7 @@ class PostgresNotifier(ListenerRegistry):
             await asyncio.wait_for(self._ready.wait(), _READY_WAIT)
 
     async def stop(self) -> None:
+        """End the listening loop and close its connection."""
         # Ask the loop to end rather than relying on cancellation alone: a task cancelled
         # while psycopg waits in notifies() was seen to stay stuck there. The flag ends the
         # loop at the next wait timeout at the latest.
